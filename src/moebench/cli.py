@@ -1,0 +1,267 @@
+"""``moebench``: the seed benchmark's job, made trustworthy.
+
+``moebench [flags]`` runs a sweep and takes the seed script's flags with the same meaning
+(``--model --dtype --use-customized-permute --seed --batch-size --trust-remote-code``); other jobs
+are subcommands (``moebench info``, ``moebench impls``). User errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .errors import BadInput
+from .models import DEFAULT_MODEL, resolve, shipped_models
+from .quant import DTYPE_MODES
+from .routing import ROUTINGS, ExpertParallel
+from .sweep import DEFAULT_BATCH_SIZES, OOM_PREFIX, SweepSpec, validate_row_bytes
+from .timing import L2_MODES
+
+SUBCOMMANDS = ("info", "impls")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="hub id, shipped snapshot name or local dir with config.json "
+                        f"(default {DEFAULT_MODEL}; shipped snapshots resolve offline)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a config's custom code to run (off by default)")
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="moebench",
+        description="Time vLLM's MoE permute/unpermute (and a torch reference) over batch sizes. "
+                    f"Subcommands: {', '.join(SUBCOMMANDS)} (moebench SUBCOMMAND -h).")
+    _model_args(p)
+    p.add_argument("--dtype", choices=DTYPE_MODES, default="auto",
+                   help="activation handling: model dtype, per-tensor fp8 (quantized inside "
+                        "permute, scale carried), or int8 weight-only (activations untouched)")
+    p.add_argument("--use-customized-permute", action="store_true",
+                   help="time the customized path (moe_permute/moe_unpermute) instead of the standard one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, nargs="+", metavar="T",
+                   help=f"token counts (default: {','.join(map(str, DEFAULT_BATCH_SIZES))})")
+    p.add_argument("--impl", help="comma-separated implementations (see `moebench impls`); "
+                                  "default: every one of the selected path available here")
+    p.add_argument("--vllm-ops-library", metavar="PATH",
+                   help="a _moe_C*.so kernel library to time as vllm-ops (no vLLM install needed)")
+    p.add_argument("--routing", choices=ROUTINGS, default="uniform")
+    p.add_argument("--ep-size", type=_positive_int, default=1, help="expert-parallel ranks")
+    p.add_argument("--ep-rank", type=_non_negative_int, default=0, help="this rank (< --ep-size)")
+    p.add_argument("--l2", choices=L2_MODES, default="warm",
+                   help="warm (the seed's) or cold: a buffer larger than L2 is flushed before each replay")
+    p.add_argument("--calls-per-graph", type=_positive_int,
+                   help="calls captured per CUDA graph (default 10 on GPU, 1 with the CPU timer)")
+    p.add_argument("--replays", type=_positive_int, default=100, help="timed replays (samples)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--json", metavar="PATH", help="write results (with samples) as JSON, after every point")
+    p.add_argument("--csv", metavar="PATH", help="write one row per point and op")
+    p.add_argument("--plot", metavar="PNG", help="latency vs batch size and %% of floor")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the points already in --json and measure only the rest")
+    return p
+
+
+def info_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moebench info", description="Show a model's MoE shape.")
+    _model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--list", action="store_true", help="list the shipped model snapshots")
+    return p
+
+
+def impls_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="moebench impls", description="List implementations and whether they run here.")
+    p.add_argument("--vllm-ops-library", metavar="PATH")
+    p.add_argument("--device")
+    return p
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise BadInput(f"bad --device {name!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"--device {name}: no CUDA device is available here")
+    return dev
+
+
+def _check_writable(path: str | None, flag: str) -> None:
+    if path is None:
+        return
+    parent = Path(path).expanduser().resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise BadInput(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+    if Path(path).is_dir():
+        raise BadInput(f"cannot write {flag} {path}: it is a directory")
+
+
+def _select_impls(args, registry, device) -> tuple[tuple[str, ...], list[str]]:
+    from .impls import CUSTOM_PATH, STANDARD_PATH
+
+    notes: list[str] = []
+    if args.impl:
+        names = tuple(n.strip() for n in args.impl.split(",") if n.strip())
+        unknown = [n for n in names if n not in registry]
+        if unknown:
+            raise BadInput(f"unknown --impl {', '.join(unknown)} (choose from {', '.join(registry)})")
+        return names, notes
+    path = CUSTOM_PATH if args.use_customized_permute else STANDARD_PATH
+    names = tuple(n for n in path if registry[n].unavailable(args.dtype, device) is None)
+    if not args.use_customized_permute and "vllm-standard" not in names:
+        why = registry["vllm-standard"].unavailable(args.dtype, device)
+        custom = registry["vllm-custom"]
+        if custom.unavailable(args.dtype, device) is None:
+            notes.append(f"vllm-standard is unavailable ({why}); timing vllm-custom instead")
+            names += ("vllm-custom",)
+    if not names:
+        raise BadInput("no implementation of the selected path can run here (see `moebench impls`)")
+    return names, notes
+
+
+def cmd_sweep(argv: Sequence[str]) -> int:
+    args = sweep_parser().parse_args(argv)
+    from rich.console import Console
+
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True)
+    for flag in ("json", "csv", "plot"):
+        _check_writable(getattr(args, flag), f"--{flag}")
+    if args.resume and not args.json:
+        raise BadInput("--resume needs --json PATH (the file to continue)")
+    ep = ExpertParallel(args.ep_size, args.ep_rank)
+    shape = resolve(args.model, trust_remote_code=args.trust_remote_code)
+    ep.local_range(shape.num_experts)
+    validate_row_bytes(shape, [args.dtype])
+    device = _device(args.device)
+
+    from .impls import implementations
+    from .impls.vllm import check_library_path
+
+    if args.vllm_ops_library:
+        check_library_path(args.vllm_ops_library)
+    registry = implementations(args.vllm_ops_library)
+    names, notes = _select_impls(args, registry, device)
+    for note in notes:
+        err.print(f"[yellow]note:[/yellow] {note}")
+    if args.dtype == "int8_w8a16":
+        err.print("[yellow]note:[/yellow] int8_w8a16 quantizes weights only: activations are "
+                  "untouched, so permute/unpermute do the same work as --dtype auto")
+
+    from .timing import TimerConfig
+
+    calls = args.calls_per_graph or (10 if device.type == "cuda" else 1)
+    timer = TimerConfig(calls_per_graph=calls, replays=args.replays, l2=args.l2)
+    spec = SweepSpec(shape=shape, dtype_modes=(args.dtype,), impls=names,
+                     batch_sizes=tuple(args.batch_size or DEFAULT_BATCH_SIZES),
+                     routing=args.routing, l2=args.l2, ep=ep, seed=args.seed)
+    meta = {"argv": list(argv), "shape": shape.summary(), "device": str(device),
+            "timer": asdict(timer), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    from .sweep import run_sweep
+
+    results = run_sweep(spec, device, timer, registry, json_path=args.json, resume=args.resume,
+                        meta=meta, console=err)
+    from .report import plot, print_report
+    from .results import FAILED, write_csv
+
+    title = (f"{shape.model}: E={shape.num_experts} k={shape.topk} H={shape.hidden_size} "
+             f"{shape.dtype} · dtype={args.dtype} · routing={args.routing} · L2 {args.l2}"
+             + (f" · EP {ep.rank}/{ep.size}" if ep.size > 1 else ""))
+    print_report(results, title, console)
+    if args.csv:
+        write_csv(args.csv, results)
+    if args.plot:
+        plot(results, args.plot, title)
+    for path in (args.json, args.csv, args.plot):
+        if path:
+            err.print(f"wrote {path}")
+    failed = [r for r in results if r.status == FAILED]
+    for r in failed:
+        err.print(f"[red]failed[/red] {r.point.key}: {r.reason}")
+    if any(r.reason and r.reason.startswith(OOM_PREFIX) for r in failed):
+        return 2
+    return 1 if failed else 0
+
+
+def cmd_info(argv: Sequence[str]) -> int:
+    args = info_parser().parse_args(argv)
+    if args.list:
+        print("\n".join(shipped_models()))
+        return 0
+    shape = resolve(args.model, trust_remote_code=args.trust_remote_code)
+    if args.json:
+        print(json.dumps(shape.summary()))
+    else:
+        for key, value in shape.summary().items():
+            print(f"{key:12s} {value}")
+        print(f"{'arch':12s} {shape.architecture} ({shape.source})")
+    return 0
+
+
+def cmd_impls(argv: Sequence[str]) -> int:
+    args = impls_parser().parse_args(argv)
+    from .impls import implementations
+    from .impls.vllm import check_library_path
+
+    if args.vllm_ops_library:
+        check_library_path(args.vllm_ops_library)
+    device = _device(args.device)
+    for name, impl in implementations(args.vllm_ops_library).items():
+        why = impl.unavailable("auto", device)
+        print(f"{name:22s} {impl.layout:9s} {'available' if why is None else 'unavailable: ' + why}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"info": cmd_info, "impls": cmd_impls}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return cmd_sweep(argv)
+    except BadInput as exc:
+        print(f"moebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moebench: interrupted; finished points are in the --json file", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The GPU's state next to each number: SM clock, temperature, power and throttle reasons (NVML).
+
+A point measured while the card was power- or thermally-throttled is flagged, never silently
+averaged in. NVML is addressed by the CUDA device's UUID so CUDA_VISIBLE_DEVICES reordering cannot
+attach another card's state to a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# NVML clocks-event (throttle) reason bits that mean the number is not the card's normal speed.
+# GPU idle (0x1), application clocks (0x2), sync boost (0x10) and display clocks (0x100) are not
+# slowdowns of a running kernel.
+THROTTLE_BITS = {
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+}
+
+
+@dataclass(frozen=True)
+class GpuState:
+    sm_clock_mhz: int
+    max_sm_clock_mhz: int
+    temperature_c: int
+    power_w: float
+    throttle_reasons: tuple[str, ...]
+
+    @property
+    def throttled(self) -> bool:
+        return bool(self.throttle_reasons)
+
+
+def decode_reasons(mask: int) -> tuple[str, ...]:
+    return tuple(name for bit, name in THROTTLE_BITS.items() if mask & bit)
+
+
+class Nvml:
+    """Opened once per process; ``read`` returns None where NVML is unavailable."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nv = pynvml
+        except Exception as exc:  # no library, no driver, no permission: state is just unknown
+            self._nv = None
+            self.error = f"NVML unavailable: {' '.join(str(exc).split())[:120]}"
+        self._handles: dict[int, object] = {}
+
+    def _handle(self, device: torch.device):
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        if idx not in self._handles:
+            nv = self._nv
+            uuid = getattr(torch.cuda.get_device_properties(idx), "uuid", None)
+            try:
+                h = nv.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}") if uuid else None
+            except nv.NVMLError:
+                h = None
+            self._handles[idx] = h if h is not None else nv.nvmlDeviceGetHandleByIndex(idx)
+        return self._handles[idx]
+
+    def read(self, device: torch.device) -> GpuState | None:
+        if self._nv is None or device.type != "cuda":
+            return None
+        nv = self._nv
+        try:
+            h = self._handle(device)
+            reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+            return GpuState(
+                sm_clock_mhz=nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+                max_sm_clock_mhz=nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
+                temperature_c=nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+                power_w=nv.nvmlDeviceGetPowerUsage(h) / 1000.0,
+                throttle_reasons=decode_reasons(reasons_fn(h)),
+            )
+        except Exception as exc:
+            self.error = f"NVML read failed: {' '.join(str(exc).split())[:120]}"
+            return None

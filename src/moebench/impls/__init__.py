@@ -1,0 +1,27 @@
+"""Registry of implementations. Names are the values of ``--impl`` and of the asv ``impl`` axis.
+
+The standard path is what the seed timed by default; ``--use-customized-permute`` selects the
+customized one. vLLM-backed implementations come from ``impls.vllm``, the only module that
+imports vLLM, and report themselves unavailable (with the reason) where vLLM is absent.
+"""
+
+from __future__ import annotations
+
+from .base import CUSTOM, STANDARD, Implementation
+from .reference import ReferenceCustom, ReferenceStandard
+
+STANDARD_PATH = ("reference-standard", "vllm-standard")
+CUSTOM_PATH = ("reference-custom", "vllm-custom", "vllm-custom-scratch", "vllm-ops")
+ALL = STANDARD_PATH + CUSTOM_PATH
+
+
+def implementations(vllm_ops_library: str | None = None) -> dict[str, Implementation]:
+    """Every implementation by name, in ``ALL`` order."""
+    from .vllm import vllm_implementations
+
+    found = [ReferenceStandard(), ReferenceCustom(), *vllm_implementations(vllm_ops_library)]
+    by_name = {i.name: i for i in found}
+    return {name: by_name[name] for name in ALL if name in by_name}
+
+
+__all__ = ["ALL", "CUSTOM", "CUSTOM_PATH", "STANDARD", "STANDARD_PATH", "Implementation", "implementations"]

@@ -1,0 +1,180 @@
+"""What flows out of a sweep: points, per-op measurements, results; and their files.
+
+A results file is rewritten atomically (temp file + rename) after every point, so a killed sweep
+leaves a valid file holding everything finished so far, and ``--resume`` can skip those points.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import BadInput
+from .gpustate import GpuState
+from .stats import summarize
+
+SCHEMA = 1
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+OPS = ("permute", "unpermute")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One cell of the sweep grid: everything that defines what is measured."""
+
+    model: str
+    num_experts: int
+    topk: int
+    hidden_size: int
+    act_dtype: str
+    dtype_mode: str
+    impl: str
+    num_tokens: int
+    routing: str = "uniform"
+    l2: str = "warm"
+    ep_size: int = 1
+    ep_rank: int = 0
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        ep = f"/ep{self.ep_rank}of{self.ep_size}" if self.ep_size > 1 else ""
+        return (f"{self.model}/{self.dtype_mode}/{self.impl}/T{self.num_tokens}/{self.routing}"
+                f"/{self.l2}{ep}/s{self.seed}")
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """One op's timing at one point. Times are per call."""
+
+    op: str
+    samples_us: tuple[float, ...]
+    median_us: float
+    q1_us: float
+    q3_us: float
+    bytes_moved: int
+    floor_us: float
+    gbps: float
+    pct_of_floor: float  # floor / median: 100 % means the op runs at the copy bandwidth
+    gpu_state: GpuState | None = None
+
+    @classmethod
+    def from_samples(cls, op: str, samples_s: list[float], bytes_moved: int, floor_us: float,
+                     gpu_state: GpuState | None) -> "OpResult":
+        s = summarize(samples_s)
+        return cls(op=op, samples_us=tuple(round(x * 1e6, 4) for x in samples_s),
+                   median_us=s.median_us, q1_us=s.q1_us, q3_us=s.q3_us, bytes_moved=bytes_moved,
+                   floor_us=floor_us, gbps=bytes_moved / s.median_us * 1e-3,
+                   pct_of_floor=100.0 * floor_us / s.median_us, gpu_state=gpu_state)
+
+    @property
+    def iqr_us(self) -> float:
+        return self.q3_us - self.q1_us
+
+    @property
+    def throttled(self) -> bool:
+        return self.gpu_state is not None and self.gpu_state.throttled
+
+
+@dataclass(frozen=True)
+class PointResult:
+    point: Point
+    status: str  # ok | failed | skipped
+    device: str  # the GPU's name from torch, or "cpu (...)"
+    clock: str  # "cuda-graph" or "cpu": how the samples were taken
+    reason: str | None = None
+    calls_per_graph: int = 0
+    node: str = ""
+    ops: tuple[OpResult, ...] = field(default=())
+
+    def op(self, name: str) -> OpResult | None:
+        return next((o for o in self.ops if o.op == name), None)
+
+    @property
+    def throttled(self) -> bool:
+        return any(o.throttled for o in self.ops)
+
+
+def _from_dict(d: dict[str, Any]) -> PointResult:
+    ops = []
+    for o in d.get("ops", ()):
+        gs = o.get("gpu_state")
+        ops.append(OpResult(**{**o, "samples_us": tuple(o["samples_us"]),
+                               "gpu_state": GpuState(**{**gs, "throttle_reasons": tuple(gs["throttle_reasons"])}) if gs else None}))
+    return PointResult(**{**d, "point": Point(**d["point"]), "ops": tuple(ops)})
+
+
+def load(path: str | Path) -> tuple[dict[str, Any], list[PointResult]]:
+    """Read a results file; a missing or corrupt file is named in a BadInput."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"schema {data.get('schema')!r}, expected {SCHEMA}")
+        return data.get("meta", {}), [_from_dict(r) for r in data["results"]]
+    except FileNotFoundError:
+        raise BadInput(f"results file not found: {p}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"results file {p} is not a moebench results file: {exc}") from None
+
+
+class ResultsFile:
+    """Atomically rewritten after every point; the only writer of a sweep's JSON."""
+
+    def __init__(self, path: str | Path, meta: dict[str, Any], results: Iterable[PointResult] = ()):
+        self.path = Path(path)
+        self.meta = meta
+        self.results: list[PointResult] = list(results)
+
+    def add(self, result: PointResult) -> None:
+        self.results.append(result)
+        self.write()
+
+    def write(self) -> None:
+        payload = {"schema": SCHEMA, "meta": self.meta, "results": [asdict(r) for r in self.results]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+CSV_COLUMNS = [f.name for f in fields(Point)] + [
+    "status", "reason", "device", "clock", "node", "calls_per_graph", "op", "median_us", "q1_us",
+    "q3_us", "n_samples", "bytes_moved", "floor_us", "gbps", "pct_of_floor", "sm_clock_mhz",
+    "temperature_c", "throttle_reasons",
+]
+
+
+def csv_rows(results: Iterable[PointResult]) -> Iterable[dict[str, Any]]:
+    """One row per (point, op); skipped and failed points get one row with their reason."""
+    for r in results:
+        base = {**asdict(r.point), "status": r.status, "reason": r.reason or "", "device": r.device,
+                "clock": r.clock, "node": r.node, "calls_per_graph": r.calls_per_graph}
+        if not r.ops:
+            yield base
+        for o in r.ops:
+            gs = o.gpu_state
+            yield {**base, "op": o.op, "median_us": round(o.median_us, 4), "q1_us": round(o.q1_us, 4),
+                   "q3_us": round(o.q3_us, 4), "n_samples": len(o.samples_us),
+                   "bytes_moved": o.bytes_moved, "floor_us": round(o.floor_us, 4),
+                   "gbps": round(o.gbps, 2), "pct_of_floor": round(o.pct_of_floor, 2),
+                   "sm_clock_mhz": gs.sm_clock_mhz if gs else "",
+                   "temperature_c": gs.temperature_c if gs else "",
+                   "throttle_reasons": "|".join(gs.throttle_reasons) if gs else ""}
+
+
+def write_csv(path: str | Path, results: Iterable[PointResult]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+    with os.fdopen(fd, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="")
+        w.writeheader()
+        w.writerows(csv_rows(results))
+    os.replace(tmp, p)

@@ -1,0 +1,115 @@
+"""Benchmark inputs: hidden states, top-k routing and the expert-parallel shard.
+
+Routing follows the seed (softmax over random gating logits, top-k, no renormalization) with a
+seeded generator, plus a ``skewed`` mode where a few hot experts draw most tokens (real routers
+are imbalanced, and imbalance changes the permute's scatter pattern). Expert parallelism gives
+an ``expert_map`` (global id -> local id, -1 for other ranks' experts), contiguous shards like
+vLLM's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import BadInput
+
+ROUTINGS = ("uniform", "skewed")
+# Skewed routing: this share of experts (at least one) gets a logit bonus large enough that they
+# take roughly half of all (token, slot) assignments.
+HOT_EXPERT_SHARE = 0.125
+HOT_EXPERT_BONUS = 2.5
+
+
+@dataclass(frozen=True)
+class ExpertParallel:
+    """Which shard of the experts this rank owns."""
+
+    size: int = 1
+    rank: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise BadInput(f"--ep-size must be >= 1, got {self.size}")
+        if not 0 <= self.rank < self.size:
+            raise BadInput(f"--ep-rank must be in [0, --ep-size={self.size}), got {self.rank}")
+
+    def local_range(self, num_experts: int) -> range:
+        """Global expert ids of this rank: contiguous, the first ranks take the remainder."""
+        if self.size > num_experts:
+            raise BadInput(f"--ep-size {self.size} exceeds the model's {num_experts} experts")
+        base, extra = divmod(num_experts, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (1 if self.rank < extra else 0))
+
+    def expert_map(self, num_experts: int) -> torch.Tensor | None:
+        """int32 [num_experts]: local id, or -1 for experts of other ranks. None without EP."""
+        if self.size == 1:
+            return None
+        local = self.local_range(num_experts)
+        emap = torch.full((num_experts,), -1, dtype=torch.int32)
+        emap[local.start : local.stop] = torch.arange(len(local), dtype=torch.int32)
+        return emap
+
+
+@dataclass(frozen=True)
+class MoEInputs:
+    """One point's inputs, already on the benchmark device."""
+
+    hidden: torch.Tensor  # [T, H] activation dtype
+    topk_weights: torch.Tensor  # [T, k] float32
+    topk_ids: torch.Tensor  # [T, k] int32, global expert ids
+    expert_map: torch.Tensor | None  # [E] int32, or None without expert parallelism
+    num_experts: int
+    n_local_experts: int
+    dtype_mode: str
+
+    @property
+    def num_tokens(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def topk(self) -> int:
+        return self.topk_ids.shape[1]
+
+    def local_ids(self) -> torch.Tensor:
+        """int64 [T*k]: local expert of each flat (token, slot), -1 if another rank owns it."""
+        flat = self.topk_ids.reshape(-1).long()
+        return flat if self.expert_map is None else self.expert_map.long()[flat]
+
+
+def make_inputs(
+    *,
+    num_experts: int,
+    topk: int,
+    hidden_size: int,
+    num_tokens: int,
+    dtype: torch.dtype,
+    dtype_mode: str,
+    device: torch.device,
+    seed: int,
+    routing: str = "uniform",
+    ep: ExpertParallel = ExpertParallel(),
+) -> MoEInputs:
+    """Seeded inputs, generated on the CPU so every device sees the same values."""
+    if routing not in ROUTINGS:
+        raise BadInput(f"unknown routing {routing!r} (choose from {', '.join(ROUTINGS)})")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    hidden = torch.randn(num_tokens, hidden_size, generator=gen, dtype=torch.float32)
+    gating = torch.randn(num_tokens, num_experts, generator=gen, dtype=torch.float32)
+    if routing == "skewed":
+        n_hot = max(1, round(num_experts * HOT_EXPERT_SHARE))
+        hot = torch.randperm(num_experts, generator=gen)[:n_hot]
+        gating[:, hot] += HOT_EXPERT_BONUS
+    weights, ids = torch.topk(torch.softmax(gating, dim=-1), topk, dim=-1)
+    emap = ep.expert_map(num_experts)
+    return MoEInputs(
+        hidden=hidden.to(device=device, dtype=dtype),
+        topk_weights=weights.to(device),
+        topk_ids=ids.to(device=device, dtype=torch.int32),
+        expert_map=None if emap is None else emap.to(device),
+        num_experts=num_experts,
+        n_local_experts=len(ep.local_range(num_experts)),
+        dtype_mode=dtype_mode,
+    )

@@ -1,0 +1,164 @@
+"""A sweep: the grid of points, and measuring one point end to end.
+
+``run_point`` is the unit every front end shares (CLI loop, Ray workers, asv setup): build the
+seeded inputs, prepare the implementation (allocations outside timing), pass the correctness gate,
+time permute and unpermute, check the outputs again after the timed replays, and attach bytes,
+floor and GPU state. Anything that goes wrong becomes a failed point with its reason; the sweep
+goes on and nothing already measured is lost.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from .check import check_permute, check_unpermute
+from .errors import BadInput
+from .gpustate import Nvml
+from .impls import Implementation
+from .impls.base import Run
+from .models import MoEShape
+from .quant import act_dtype, fp8_dtype
+from .results import FAILED, OK, SKIPPED, OpResult, Point, PointResult
+from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
+from .routing import ExpertParallel, make_inputs
+from .timing import NotCapturable, TimerConfig, clock_name, measure
+
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
+OOM_PREFIX = "out of memory"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    shape: MoEShape
+    dtype_modes: tuple[str, ...]
+    impls: tuple[str, ...]
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    routing: str = "uniform"
+    l2: str = "warm"
+    ep: ExpertParallel = ExpertParallel()
+    seed: int = 0
+
+    def points(self) -> list[Point]:
+        """Grid order: dtype, then batch size, then implementation (tables group by size)."""
+        s = self.shape
+        return [
+            Point(model=s.model, num_experts=s.num_experts, topk=s.topk, hidden_size=s.hidden_size,
+                  act_dtype=s.dtype, dtype_mode=mode, impl=impl, num_tokens=t, routing=self.routing,
+                  l2=self.l2, ep_size=self.ep.size, ep_rank=self.ep.rank, seed=self.seed)
+            for mode in self.dtype_modes for t in self.batch_sizes for impl in self.impls
+        ]
+
+
+def validate_row_bytes(shape: MoEShape, dtype_modes: Iterable[str]) -> None:
+    """vLLM's kernels move rows in 16-byte vectors: reject shapes they cannot take."""
+    for mode in dtype_modes:
+        dt = fp8_dtype() if mode == "fp8_w8a8" and fp8_dtype() else act_dtype(shape.dtype)
+        elt = torch.empty((), dtype=dt).element_size()
+        if shape.hidden_size * elt % 16:
+            raise BadInput(f"hidden size {shape.hidden_size} x {elt}-byte {mode} elements is not a "
+                           "multiple of 16 bytes, which the permute kernels require")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; the CPU allocator a RuntimeError with one of these texts."""
+    text = str(exc).lower()
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
+
+
+def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: TimerConfig,
+             nbytes: int, ceiling: Ceiling, nvml: Nvml) -> OpResult:
+    samples = measure(fn, device, timer)
+    return OpResult.from_samples(op, samples, nbytes, floor_us(nbytes, ceiling), nvml.read(device))
+
+
+def _gate(inputs, run: Run) -> str | None:
+    if (why := check_permute(inputs, run.layout())) is not None:
+        return f"permute mismatch: {why}"
+    run.unpermute()
+    if (why := check_unpermute(inputs, run.layout(), run.unpermute_input(), run.unpermute_output())) is not None:
+        return f"unpermute mismatch: {why}"
+    return None
+
+
+def run_point(point: Point, impl: Implementation, device: torch.device, timer: TimerConfig,
+              ceiling: Ceiling, nvml: Nvml) -> PointResult:
+    """Measure one point; never raises for a problem of the point itself."""
+    base = PointResult(point=point, status=OK, device=device_name(device), clock=clock_name(device),
+                       calls_per_graph=timer.calls_per_graph, node=socket.gethostname())
+    if (why := impl.unavailable(point.dtype_mode, device)) is not None:
+        return replace(base, status=SKIPPED, reason=why)
+    run = None
+    try:
+        inputs = make_inputs(num_experts=point.num_experts, topk=point.topk,
+                             hidden_size=point.hidden_size, num_tokens=point.num_tokens,
+                             dtype=act_dtype(point.act_dtype), dtype_mode=point.dtype_mode,
+                             device=device, seed=point.seed, routing=point.routing,
+                             ep=ExpertParallel(point.ep_size, point.ep_rank))
+        run = impl.prepare(inputs)
+        if (why := _gate(inputs, run)) is not None:
+            return replace(base, status=FAILED, reason=why)
+        t, k, h = point.num_tokens, point.topk, point.hidden_size
+        n_local_slots = int((inputs.local_ids() >= 0).sum())
+        layout = run.layout()
+        in_elt = inputs.hidden.element_size()
+        p_bytes = permute_bytes(t, k, h, n_local_slots, inputs.n_local_experts, in_elt,
+                                layout.permuted.element_size())
+        u_bytes = unpermute_bytes(t, k, h, n_local_slots, in_elt)
+        ops = (_time_op("permute", run.permute, device, timer, p_bytes, ceiling, nvml),
+               _time_op("unpermute", run.unpermute, device, timer, u_bytes, ceiling, nvml))
+        # Replays must leave the same, correct outputs as the eager calls did.
+        if (why := _gate(inputs, run)) is not None:
+            return replace(base, status=FAILED, reason=f"after timing: {why}")
+        return replace(base, ops=ops)
+    except NotCapturable as exc:
+        return replace(base, status=FAILED, reason=f"not capturable in a CUDA graph: {exc}")
+    except Exception as exc:  # one point's failure must not lose the sweep
+        if _is_oom(exc):
+            return replace(base, status=FAILED, reason=f"{OOM_PREFIX} at {point.num_tokens} tokens")
+        return replace(base, status=FAILED, reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+    finally:
+        if run is not None:
+            run.close()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
+              registry: dict[str, Implementation], *, json_path: str | None = None,
+              resume: bool = False, meta: dict | None = None, console=None) -> list[PointResult]:
+    """Measure every point of ``spec`` in order on one device, saving after each point.
+
+    With ``resume``, points already in ``json_path`` (except failed ones) are kept, not re-measured.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .results import ResultsFile, load
+    from .roofline import ceiling as measure_ceiling
+
+    kept: dict[str, PointResult] = {}
+    if resume and json_path and Path(json_path).exists():
+        _, previous = load(json_path)
+        kept = {r.point.key: r for r in previous if r.status != FAILED}
+    ceil = measure_ceiling(device)
+    meta = {**(meta or {}), "ceiling": asdict(ceil)}
+    out = ResultsFile(json_path, meta) if json_path else None
+    nvml = Nvml()
+    results: list[PointResult] = []
+    points = spec.points()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("sweep", total=len(points))
+        for p in points:
+            progress.update(task, description=f"{p.impl} T={p.num_tokens} {p.dtype_mode}")
+            r = kept.get(p.key) or run_point(p, registry[p.impl], device, timer, ceil, nvml)
+            results.append(r)
+            if out is not None:
+                out.add(r)
+            progress.advance(task)
+    return results

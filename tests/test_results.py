@@ -1,0 +1,72 @@
+"""Results files: round trip, atomic rewrite, CSV rows, roofline arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moebench.errors import BadInput
+from moebench.gpustate import GpuState, decode_reasons
+from moebench.results import OK, SKIPPED, OpResult, Point, PointResult, ResultsFile, csv_rows, load
+from moebench.roofline import Ceiling, floor_us, permute_bytes, unpermute_bytes
+
+POINT = Point(model="m", num_experts=8, topk=2, hidden_size=4096, act_dtype="bfloat16",
+              dtype_mode="auto", impl="reference-custom", num_tokens=16)
+
+
+def _result(t=16, status=OK):
+    p = Point(**{**POINT.__dict__, "num_tokens": t})
+    gs = GpuState(sm_clock_mhz=1980, max_sm_clock_mhz=1980, temperature_c=40, power_w=300.0,
+                  throttle_reasons=("sw_power_cap",))
+    ops = (OpResult.from_samples("permute", [1e-5, 2e-5, 3e-5], 1000, 0.5, gs),) if status == OK else ()
+    return PointResult(point=p, status=status, device="NVIDIA H200", clock="cuda-graph", ops=ops,
+                       reason=None if status == OK else "why")
+
+
+def test_roundtrip_and_atomic_rewrite(tmp_path):
+    path = tmp_path / "r.json"
+    f = ResultsFile(path, {"k": 1})
+    f.add(_result(1))
+    f.add(_result(2, SKIPPED))
+    meta, rs = load(path)
+    assert meta == {"k": 1} and [r.point.num_tokens for r in rs] == [1, 2]
+    assert rs[0].op("permute").median_us == pytest.approx(20) and rs[0].throttled
+    assert rs[0] == _result(1)
+    assert not [p for p in tmp_path.iterdir() if p.name != "r.json"]  # no temp files left
+
+
+def test_load_names_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(BadInput, match="not found"):
+        load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(BadInput, match="bad.json"):
+        load(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({"schema": 99, "results": []}))
+    with pytest.raises(BadInput, match="schema"):
+        load(tmp_path / "old.json")
+
+
+def test_csv_rows_one_per_op_and_reason_rows():
+    rows = list(csv_rows([_result(4), _result(8, SKIPPED)]))
+    assert rows[0]["op"] == "permute" and rows[0]["median_us"] == 20.0 and rows[0]["n_samples"] == 3
+    assert rows[0]["throttle_reasons"] == "sw_power_cap"
+    assert rows[1]["status"] == SKIPPED and rows[1]["reason"] == "why" and "op" not in rows[1]
+
+
+def test_op_result_derived_numbers():
+    o = OpResult.from_samples("unpermute", [2e-6] * 5, 4000, 1.0, None)
+    assert o.median_us == pytest.approx(2) and o.gbps == pytest.approx(2.0)
+    assert o.pct_of_floor == pytest.approx(50)
+
+
+def test_roofline_bytes():
+    # Mixtral T=4096: bf16 rows, 8192 local slots, 8 experts.
+    assert unpermute_bytes(4096, 2, 4096, 8192, 2) == 8192 * 4096 * 2 + 4096 * 2 * 8 + 4096 * 4096 * 2
+    assert permute_bytes(1, 2, 16, 2, 8, 2, 1) == 32 + 8 + 2 * (16 + 8) + 9 * 8
+    assert floor_us(4_000_000, Ceiling("x", 4e12, "triton-copy")) == pytest.approx(1.0)
+
+
+def test_throttle_reason_decoding():
+    assert decode_reasons(0x1 | 0x2) == ()  # idle / app clocks are not slowdowns
+    assert decode_reasons(0x4 | 0x40) == ("sw_power_cap", "hw_thermal")
