@@ -23,7 +23,10 @@ from .routing import ROUTINGS, ExpertParallel
 from .sweep import DEFAULT_BATCH_SIZES, OOM_PREFIX, SweepSpec, validate_row_bytes
 from .timing import L2_MODES
 
-SUBCOMMANDS = ("info", "impls")
+SUBCOMMANDS = ("info", "impls", "alerts", "plot-history")
+# Subcommands owned by other modules: each exposes ``main(argv) -> int`` and raises BadInput for
+# user errors. Imported only when used, so `moebench --help` stays fast.
+EXTERNAL = {"alerts": "moebench.alerts", "plot-history": "moebench.history"}
 
 
 def _positive_int(text: str) -> int:
@@ -86,6 +89,10 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="latency vs batch size and %% of floor")
     p.add_argument("--resume", action="store_true",
                    help="keep the points already in --json and measure only the rest")
+    p.add_argument("--ray", action="store_true",
+                   help="spread points over every GPU of a local Ray cluster (one worker per GPU)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="spread points over an existing Ray cluster (e.g. auto, ray://host:10001)")
     return p
 
 
@@ -193,10 +200,17 @@ def cmd_sweep(argv: Sequence[str]) -> int:
                      routing=args.routing, l2=args.l2, ep=ep, seed=args.seed)
     meta = {"argv": list(argv), "shape": shape.summary(), "device": str(device),
             "timer": asdict(timer), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    from .sweep import run_sweep
+    if args.ray or args.ray_address:
+        from .fanout import run_sweep_ray
 
-    results = run_sweep(spec, device, timer, registry, json_path=args.json, resume=args.resume,
-                        meta=meta, console=err)
+        results = run_sweep_ray(spec, timer, vllm_ops_library=args.vllm_ops_library,
+                                address=args.ray_address, json_path=args.json,
+                                resume=args.resume, meta=meta, console=err)
+    else:
+        from .sweep import run_sweep
+
+        results = run_sweep(spec, device, timer, registry, json_path=args.json,
+                            resume=args.resume, meta=meta, console=err)
     from .report import plot, print_report
     from .results import FAILED, write_csv
 
@@ -252,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"info": cmd_info, "impls": cmd_impls}
     try:
+        if argv and argv[0] in EXTERNAL:
+            import importlib
+
+            return importlib.import_module(EXTERNAL[argv[0]]).main(argv[1:])
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return cmd_sweep(argv)

@@ -148,6 +148,7 @@ class _CustomRun(_ReferenceRun):
         self.inv = torch.empty(n, dtype=torch.int64, device=dev)
         self.permuted_idx = torch.empty(rows, dtype=torch.int32, device=dev)
         self.m_indices = None if align is None else torch.empty(rows, dtype=torch.int32, device=dev)
+        self.row_ids = torch.arange(rows, device=dev)
         self.valid_w = torch.empty_like(inputs.topk_weights)
         super().__init__(inputs, rows)
 
@@ -169,8 +170,10 @@ class _CustomRun(_ReferenceRun):
         self.permuted_idx.fill_(n)
         self.permuted_idx.index_copy_(0, pos, torch.where(sorted_valid, order, n).int())
         if self.m_indices is not None:
-            self.m_indices.fill_(-1)
-            self.m_indices.index_copy_(0, pos, torch.where(sorted_valid, key[order], -1).int())
+            # vLLM's aligned layout: every row of an expert's aligned segment (its padding
+            # too) carries that expert; only rows past the last segment hold -1.
+            seg = torch.bucketize(self.row_ids, self.efto[1:], right=True)
+            self.m_indices.copy_(torch.where(seg < n_local, seg, -1))
         self._p_rows.index_copy_(0, pos, self._q_rows.index_select(0, order // k))
         self.valid_w.copy_(inp.topk_weights * valid.view_as(inp.topk_weights))
 
@@ -204,7 +207,7 @@ class ReferenceStandard(Implementation):
 class ReferenceCustom(Implementation):
     name = "reference-custom"
     layout = CUSTOM
-    description = "torch: customized layout (expert offsets, inverse map; fp8 rows aligned to 128)"
+    description = "torch: customized layout (expert offsets, inverse map; fp8 rows aligned to 128, m_indices)"
 
     def unavailable(self, dtype_mode: str, device: torch.device) -> str | None:
         return unsupported_reason(dtype_mode, device)
