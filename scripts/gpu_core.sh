@@ -5,8 +5,10 @@
 # nvidia-ml-py preinstalled there); writes everything under $OUT.
 set -uo pipefail
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-OUT=${OUT:-out/gpu}
-mkdir -p "$OUT"
+# The device tool returns at most 8 files: work in a scratch folder, hand back one archive.
+FINAL=${OUT:-out}
+OUT=$(mktemp -d)/core
+mkdir -p "$OUT" "$FINAL"
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/device.txt"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee -a "$OUT/device.txt"
 python3 -m pytest -q -x tests/test_reference.py tests/test_timing.py 2>&1 | tail -3 | tee "$OUT/pytest.txt"
@@ -21,3 +23,4 @@ for model in mistralai/Mixtral-8x7B-Instruct-v0.1 deepseek-ai/DeepSeek-V3; do
     --l2 warm --json "$OUT/spread-$tag.json" | tee -a "$OUT/spread.txt"
 done
 tail -n 30 "$OUT"/ref-*-warm.txt
+tar -czf "$FINAL/core.tgz" -C "$(dirname "$OUT")" core
