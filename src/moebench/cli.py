@@ -81,7 +81,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2", choices=L2_MODES, default="warm",
                    help="warm (the seed's) or cold: a buffer larger than L2 is flushed before each replay")
     p.add_argument("--calls-per-graph", type=_positive_int,
-                   help="calls captured per CUDA graph (default 10 on GPU, 1 with the CPU timer)")
+                   help="calls captured per CUDA graph (default 10 on GPU with warm L2; 1 with "
+                        "cold L2, where only a graph's first call would see the flushed cache, "
+                        "and with the CPU timer)")
     p.add_argument("--replays", type=_positive_int, default=100, help="timed replays (samples)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--json", metavar="PATH", help="write results (with samples) as JSON, after every point")
@@ -193,7 +195,12 @@ def cmd_sweep(argv: Sequence[str]) -> int:
 
     from .timing import TimerConfig
 
-    calls = args.calls_per_graph or (10 if device.type == "cuda" else 1)
+    # Cold L2 flushes before each replay, so only a graph's first call would see a cold cache:
+    # cold numbers use one call per graph (graph launch included, as in the anchors).
+    calls = args.calls_per_graph or (10 if device.type == "cuda" and args.l2 == "warm" else 1)
+    if args.l2 == "cold" and calls > 1:
+        err.print(f"[yellow]note:[/yellow] --l2 cold with {calls} calls per graph: only the first "
+                  "call of each replay sees a cold L2")
     timer = TimerConfig(calls_per_graph=calls, replays=args.replays, l2=args.l2)
     spec = SweepSpec(shape=shape, dtype_modes=(args.dtype,), impls=names,
                      batch_sizes=tuple(args.batch_size or DEFAULT_BATCH_SIZES),

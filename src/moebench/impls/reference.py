@@ -99,7 +99,8 @@ class _StandardRun(_ReferenceRun):
     def __init__(self, inputs: MoEInputs, block_m: int) -> None:
         self.block_m = block_m
         n, e = inputs.num_tokens * inputs.topk, inputs.num_experts
-        rows = round_up(n + e * (block_m - 1), block_m)
+        # At most min(T*k, E) experts get rows, each padded to a block (vLLM caps it the same way).
+        rows = min(round_up(n + e * (block_m - 1), block_m), n * block_m)
         dev = inputs.hidden.device
         self.sorted_ids = torch.empty(rows, dtype=torch.int32, device=dev)
         self.expert_ids = torch.empty(rows // block_m, dtype=torch.int32, device=dev)
@@ -149,6 +150,7 @@ class _CustomRun(_ReferenceRun):
         self.permuted_idx = torch.empty(rows, dtype=torch.int32, device=dev)
         self.m_indices = None if align is None else torch.empty(rows, dtype=torch.int32, device=dev)
         self.row_ids = torch.arange(rows, device=dev)
+        self.row_src = torch.empty(rows, dtype=torch.int64, device=dev)
         self.valid_w = torch.empty_like(inputs.topk_weights)
         super().__init__(inputs, rows)
 
@@ -174,7 +176,10 @@ class _CustomRun(_ReferenceRun):
             # too) carries that expert; only rows past the last segment hold -1.
             seg = torch.bucketize(self.row_ids, self.efto[1:], right=True)
             self.m_indices.copy_(torch.where(seg < n_local, seg, -1))
-        self._p_rows.index_copy_(0, pos, self._q_rows.index_select(0, order // k))
+        # One gather in destination order (a scatter would need a temporary copy of the rows).
+        self.row_src.zero_()
+        self.row_src.index_copy_(0, pos, order // k)
+        torch.index_select(self._q_rows, 0, self.row_src, out=self._p_rows)
         self.valid_w.copy_(inp.topk_weights * valid.view_as(inp.topk_weights))
 
     def unpermute(self) -> None:
