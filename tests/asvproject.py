@@ -10,7 +10,8 @@ So the numbers are what the commit says, not this machine's noise, and every res
 
 API
 ---
-``build_history(root, means, *, noise=0.015, samples=25, machine="standin-cpu", publish=True)``
+``build_history(root, means, *, noise=0.015, samples=25, machine="standin-cpu", publish=True,
+record_samples=True)``
     ``root``: an empty directory (e.g. pytest's ``tmp_path``).
     ``means``: one mapping per commit, oldest first, ``{kernel: mean_seconds}``; every commit
     names the same kernels, which become the values of the benchmark's one parameter ``kernel``
@@ -19,7 +20,9 @@ API
     ``samples``: samples per run. Each commit's generator is seeded by (commit index, kernel).
     Commits are dated one hour apart, so asv's commit-date order is the history order.
     Runs ``asv machine``, then per commit ``git checkout`` + ``asv run --set-commit-hash``
-    (``environment_type: existing`` with this interpreter), then ``asv publish`` when asked.
+    (``environment_type: existing`` with this interpreter) with ``--record-samples`` (without
+    it asv keeps only the median: ``record_samples=False`` shows that case), then ``asv publish``
+    when asked.
     Returns a ``History``: ``repo``, ``conf``, ``results`` (asv's results dir), ``html``,
     ``machine``, ``commits`` (full hashes, oldest first), ``benchmark`` (the full asv name).
 
@@ -99,7 +102,8 @@ def _asv(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> str:
 
 
 def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: float = 0.015,
-                  samples: int = 25, machine: str = "standin-cpu", publish: bool = True) -> History:
+                  samples: int = 25, machine: str = "standin-cpu", publish: bool = True,
+                  record_samples: bool = True) -> History:
     kernels = list(means[0])
     if any(list(m) != kernels for m in means):
         raise ValueError("every commit must name the same kernels, in the same order")
@@ -138,7 +142,8 @@ def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: fl
     for sha in commits:
         _run(["git", "checkout", "-q", sha], repo, env)
         _asv(["run", "--environment", f"existing:{sys.executable}", "--set-commit-hash", sha,
-              "--machine", machine, "--show-stderr"], repo, env)
+              "--machine", machine, "--show-stderr"] + (["--record-samples"] if record_samples else []),
+             repo, env)
     _run(["git", "checkout", "-q", "main"], repo, env)
     if publish:
         _asv(["publish"], repo, env)

@@ -67,56 +67,96 @@ def print_report(results: list[PointResult], title: str, console: Console) -> No
 
 
 def plot(results: list[PointResult], path: str | Path, title: str) -> None:
-    """Latency vs batch size (log-log) per implementation and op with the floor, and % of floor."""
+    """Per op, latency vs batch size (log-log) per implementation with the bandwidth floor, and
+    below it the % of floor; every line is named at its right end, so no legend is needed."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    def name_line_ends(ax, ends: list[tuple[float, float, str, str]], log: bool) -> None:
+        # In the right margin at the height of each line's last point, nudged apart so no two
+        # names overlap; a thin leader goes back to the point when a name had to move.
+        if not ends:
+            return
+        lo, hi = ax.get_ylim()
+        f = math.log10 if log else float
+        frac = sorted(((f(y) - f(lo)) / (f(hi) - f(lo)), x, y, text, color) for x, y, text, color in ends)
+        pos: list[float] = []
+        for fr, *_ in frac:
+            pos.append(max(fr, pos[-1] + 0.075) if pos else fr)
+        shift = max(0.0, pos[-1] - 1.0)
+        for (fr, x, y, text, color), p in zip(frac, pos):
+            ax.annotate(text, xy=(x, y), xycoords="data", xytext=(1.02, p - shift), textcoords="axes fraction",
+                        color=color, fontsize=8.5, va="center",
+                        arrowprops=dict(arrowstyle="-", color=color, lw=0.6, alpha=0.5, shrinkA=0, shrinkB=3))
+
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     ok = [r for r in results if r.status == OK]
     modes = list(dict.fromkeys(r.point.dtype_mode for r in ok)) or ["auto"]
-    fig, axes = plt.subplots(len(modes), 2, figsize=(13, 4.6 * len(modes)), squeeze=False)
     impls = list(dict.fromkeys(r.point.impl for r in ok))
     colors = {impl: f"C{i}" for i, impl in enumerate(impls)}
-    styles = {"permute": "-", "unpermute": "--"}
-    markers = {"permute": "o", "unpermute": "s"}
-    for row, mode in zip(axes, modes):
-        lat, pct = row
+    fig, axes = plt.subplots(2 * len(modes), len(OPS), figsize=(14, 7.6 * len(modes)), squeeze=False,
+                             sharex="col", gridspec_kw={"height_ratios": [3, 2] * len(modes)})
+    throttled_any = False
+    for m, mode in enumerate(modes):
         rs = [r for r in ok if r.point.dtype_mode == mode]
-        for op in OPS:
-            floor = sorted({(r.point.num_tokens, r.op(op).floor_us) for r in rs if r.op(op)})
+        for c, op in enumerate(OPS):
+            lat, pct = axes[2 * m, c], axes[2 * m + 1, c]
+            lat_ends: list[tuple[float, float, str, str]] = []
+            pct_ends: list[tuple[float, float, str, str]] = []
+            floor: dict[int, float] = {}
+            for r in rs:
+                if r.op(op):
+                    floor[r.point.num_tokens] = min(floor.get(r.point.num_tokens, math.inf), r.op(op).floor_us)
             if floor:
-                lat.plot(*zip(*floor), color="0.55", ls=styles[op], lw=1.2)
-                lat.annotate(f"{op} floor", floor[-1], color="0.4", fontsize=8, ha="right",
-                             textcoords="offset points", xytext=(-4, 6 if op == "permute" else -12))
+                xs = sorted(floor)
+                lat.plot(xs, [floor[x] for x in xs], color="0.4", ls="--", lw=1.3)
+                lat_ends.append((xs[-1], floor[xs[-1]], "bandwidth floor", "0.3"))
             for impl in impls:
                 pts = sorted((r.point.num_tokens, r.op(op)) for r in rs if r.point.impl == impl and r.op(op))
                 if not pts:
                     continue
-                x = [p[0] for p in pts]
-                label = f"{impl} {op}"
-                lat.plot(x, [o.median_us for _, o in pts], color=colors[impl], ls=styles[op],
-                         marker=markers[op], ms=4, label=label)
+                x = [t for t, _ in pts]
+                med = [o.median_us for _, o in pts]
+                lat.plot(x, med, color=colors[impl], marker="o", ms=3.5, lw=1.6)
                 lat.fill_between(x, [o.q1_us for _, o in pts], [o.q3_us for _, o in pts],
-                                 color=colors[impl], alpha=0.15)
-                pct.plot(x, [o.pct_of_floor for _, o in pts], color=colors[impl], ls=styles[op],
-                         marker=markers[op], ms=4, label=label)
-                # Direct labels at the line ends: no legend hunt.
-                lat.annotate(label, (x[-1], pts[-1][1].median_us), color=colors[impl], fontsize=8,
-                             textcoords="offset points", xytext=(4, 0), va="center")
-        lat.set(xscale="log", yscale="log", xlabel="batch size (tokens)",
-                ylabel="median µs per call (band: IQR)", title=f"latency — dtype {mode}")
-        pct.set(xscale="log", xlabel="batch size (tokens)", ylabel="% of bandwidth floor",
-                title=f"floor / latency — dtype {mode} (100% = copy bandwidth)")
-        pct.axhline(100, color="0.55", lw=1)
-        for ax in row:
-            ax.grid(True, which="both", alpha=0.3)
-        pct.legend(fontsize=8, loc="best")
+                                 color=colors[impl], alpha=0.18, lw=0)
+                pct.plot(x, [o.pct_of_floor for _, o in pts], color=colors[impl], marker="o", ms=3.5, lw=1.6)
+                hot = [(t, o.median_us) for t, o in pts if o.throttled]
+                if hot:
+                    throttled_any = True
+                    lat.scatter(*zip(*hot), s=80, facecolors="none", edgecolors="black", lw=1.2, zorder=5)
+                lat_ends.append((x[-1], med[-1], impl, colors[impl]))
+                pct_ends.append((x[-1], pts[-1][1].pct_of_floor, impl, colors[impl]))
+            top = max([105.0] + [y * 1.08 for _, y, _, _ in pct_ends])
+            pct.set_ylim(0, top)
+            pct.axhline(100, color="0.4", ls="--", lw=1.0)
+            lat.set(xscale="log", yscale="log", ylabel="median µs per call, lower is better\n(band: IQR)",
+                    title=f"{op} — dtype {mode}")
+            pct.set(xscale="log", xlabel="batch size (tokens)",
+                    ylabel="% of floor, higher is better\n(100% = copy bandwidth)")
+            for ax in (lat, pct):
+                ax.grid(True, which="major", alpha=0.35)
+                ax.grid(True, which="minor", alpha=0.12)
+                ax.xaxis.set_major_locator(LogLocator(base=10))
+                ax.xaxis.set_major_formatter(plain)
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            lat.yaxis.set_major_formatter(plain)
+            lat.yaxis.set_minor_formatter(NullFormatter())
+            lat.autoscale_view()
+            name_line_ends(lat, lat_ends, log=True)
+            name_line_ends(pct, pct_ends, log=False)
     device = ok[0].device if ok else "?"
     clock = ok[0].clock if ok else "?"
     note = "  [CPU host timer — not GPU data]" if clock == "cpu" else "  [CUDA-graph timer]"
+    if throttled_any:
+        note += "  · black ring: the GPU reported throttling"
     fig.suptitle(f"{title}\n{device}{note}", fontsize=11)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # exactly this path: no ".png" appended
     plt.close(fig)

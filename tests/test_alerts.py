@@ -1,0 +1,230 @@
+"""`moebench alerts` over histories that real asv measured (tests/asvproject.py's stand-in).
+
+One 14-commit history carries three scenarios as values of the benchmark's `kernel` parameter:
+- steps:    +20 % at commit 4, a further +5 % at commit 9 (both must be reported, there);
+- noise:    constant mean; per-run offsets N(0, 0.5 %) plus 1.5 % sample noise (no alert ever);
+- improves: -20 % at commit 6 (no alert).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moebench import alerts, cli
+
+from asvproject import BENCHMARK, build_history, subset_results
+
+pytestmark = pytest.mark.slow
+
+N_COMMITS = 14
+STEP_20, STEP_5, IMPROVES_AT = 4, 9, 6
+STEPS = f"{BENCHMARK}('steps')"
+NOISE = f"{BENCHMARK}('noise')"
+IMPROVES = f"{BENCHMARK}('improves')"
+VLLM_COMMIT_URL = "https://github.com/vllm-project/vllm/commit/"
+
+
+def scenario_means() -> list[dict[str, float]]:
+    rng = random.Random(1)
+    return [{"steps": 1e-3 * (1.20 if i >= STEP_20 else 1.0) * (1.05 if i >= STEP_5 else 1.0),
+             "noise": 1e-3 * (1 + rng.gauss(0, 0.005)),
+             "improves": 1e-3 * (0.8 if i >= IMPROVES_AT else 1.0)} for i in range(N_COMMITS)]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    return build_history(tmp_path_factory.mktemp("asv"), scenario_means())
+
+
+@pytest.fixture(autouse=True)
+def _away_from_the_projects_asv_conf(tmp_path, monkeypatch):
+    # `moebench alerts` reads ./asv.conf.json by default: these tests name theirs, or none.
+    monkeypatch.chdir(tmp_path)
+
+
+def run_alerts(args, tmp_path, capsys) -> tuple[int, dict, str]:
+    out = tmp_path / "alerts.json"
+    code = alerts.main([*map(str, args), "--json", str(out)])
+    return code, json.loads(out.read_text()), capsys.readouterr().out
+
+
+def test_reports_the_20_and_the_5_percent_step_at_their_commits(history, tmp_path, capsys):
+    code, report, _ = run_alerts([history.results, "--html-dir", history.html, "--config", history.conf,
+                                  "--since", history.commits[0]], tmp_path, capsys)
+    assert code == 1
+    found = [(r["entry"], r["commit"], r["before_commits"][-1]) for r in report["regressions"]]
+    assert found == [(STEPS, history.commits[STEP_20], history.commits[STEP_20 - 1]),
+                     (STEPS, history.commits[STEP_5], history.commits[STEP_5 - 1])]
+    big, small = report["regressions"]
+    assert 1.17 < big["ratio"] < 1.23 and 1.03 < small["ratio"] < 1.07
+    for r in (big, small):
+        lo, hi = r["ratio_interval"]
+        assert 1 < lo < r["ratio"] < hi and hi >= 1.05
+        assert r["p_value"] < report["settings"]["alpha_per_test"]
+        assert r["before"]["lo"] <= r["before"]["median"] <= r["before"]["hi"]
+        assert r["asv_step_detection"]["agrees"] is True  # asv's own step detection saw it too
+    # after the 20 % step the baseline restarts at the new level: 5 commits of it before commit 9
+    assert small["before_commits"] == list(history.commits[STEP_20:STEP_5])
+    assert report["checked"]["comparisons"] == 3 * (N_COMMITS - 1)
+
+
+def test_pure_noise_history_and_improvement_never_alert(history, tmp_path, capsys):
+    _, report, _ = run_alerts([history.results, "--html-dir", history.html,
+                                  "--since", history.commits[0]], tmp_path, capsys)
+    alerted = {r["entry"] for r in report["regressions"]}
+    assert NOISE not in alerted and IMPROVES not in alerted
+    assert [(r["entry"], r["commit"]) for r in report["improvements"]] == [
+        (IMPROVES, history.commits[IMPROVES_AT])]
+    assert report["improvements"][0]["ratio"] < 0.85
+
+
+@pytest.mark.parametrize("html", [False, True], ids=["commit-date-order", "asv-branch-order"])
+def test_nightly_alerts_only_the_commit_that_just_regressed(history, tmp_path, capsys, html):
+    """Replays the nightly: after each measured commit, the default run examines the newest one."""
+    for n in range(1, N_COMMITS + 1):
+        results = subset_results(history, n, tmp_path / f"results-{n}")
+        extra = ["--html-dir", history.html] if html else []
+        code, report, _ = run_alerts([results, *extra], tmp_path, capsys)
+        newest = history.commits[n - 1]
+        expect = [(STEPS, newest)] if n - 1 in (STEP_20, STEP_5) else []
+        assert [(r["entry"], r["commit"]) for r in report["regressions"]] == expect, n
+        assert code == (1 if expect else 0)
+        assert report["checked"]["commits"] == [newest]
+
+
+def test_commits_file_examines_exactly_the_listed_commits(history, tmp_path, capsys):
+    listed = tmp_path / "new.txt"
+    listed.write_text(f"{history.commits[STEP_5][:8]}\n{history.commits[STEP_5 + 1][:8]}\n")
+    code, report, _ = run_alerts([history.results, "--commits", listed], tmp_path, capsys)
+    assert code == 1
+    assert [r["commit"] for r in report["regressions"]] == [history.commits[STEP_5]]
+    assert sorted(report["checked"]["commits"]) == sorted(history.commits[STEP_5:STEP_5 + 2])
+
+
+def test_markdown_names_range_links_dashboard_and_bisect_command(history, tmp_path, capsys):
+    before, after = history.commits[STEP_20 - 1], history.commits[STEP_20]
+    code, report, md = run_alerts([history.results, "--since", before, "--commit-url", VLLM_COMMIT_URL,
+                                   "--dashboard-url", "https://example.github.io/moebench"], tmp_path, capsys)
+    block = md.split("####")[1]
+    assert f"`{BENCHMARK}` (kernel='steps') on `standin-cpu`" in block
+    assert "1.00ms [" in block and "→ 1.20ms [" in block
+    assert f"[`{before[:8]}`]({VLLM_COMMIT_URL}{before})..[`{after[:8]}`]({VLLM_COMMIT_URL}{after})" in block
+    assert f"https://github.com/vllm-project/vllm/compare/{before}...{after}" in block
+    assert (f"https://example.github.io/moebench/#{BENCHMARK}?machine=standin-cpu&p-kernel=%27steps%27"
+            f"&commits={before}-{after}") in block
+    assert f"`asv find --machine standin-cpu {before[:8]}..{after[:8]} '{BENCHMARK}'`" in block
+    (issue,) = report["issues"]
+    assert issue["title"] == f"Performance regression: {BENCHMARK} on standin-cpu"
+    assert issue["labels"] == ["perf-regression"]
+    assert after[:8] in issue["body"] and history.commits[STEP_5][:8] in issue["body"]
+
+
+def test_per_benchmark_threshold_overrides(history, tmp_path, capsys):
+    base = [history.results, "--since", history.commits[0]]
+    code, report, _ = run_alerts([*base, "--threshold-for", r".*\('steps'\)=0.1"], tmp_path, capsys)
+    assert [r["commit"] for r in report["regressions"]] == [history.commits[STEP_20]]
+    assert report["regressions"][0]["threshold"] == 0.1
+    # asv.conf.json's regressions_thresholds (what asv publish uses) applies too
+    conf = json.loads(history.conf.read_text())
+    conf["regressions_thresholds"] = {"suite\\.Kernel": 0.3}
+    (tmp_path / "asv.conf.json").write_text(json.dumps(conf))
+    code, report, _ = run_alerts([*base, "--config", tmp_path / "asv.conf.json"], tmp_path, capsys)
+    assert code == 0 and report["regressions"] == []
+
+
+def _error(args, capsys) -> str:
+    assert cli.main(["alerts", *map(str, args)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("moebench: error: ")
+    return err
+
+
+def test_missing_or_corrupt_results_are_named(history, tmp_path, capsys):
+    assert "no asv results directory" in _error([tmp_path / "nope"], capsys)
+    results = subset_results(history, N_COMMITS, tmp_path / "results")
+    victim = sorted((results / history.machine).glob(f"{history.commits[3][:8]}-*.json"))[0]
+    victim.write_text(victim.read_text()[:200])
+    assert str(victim) in _error([results], capsys)
+    victim.write_text(json.dumps({"version": 2, "commit_hash": history.commits[3]}))
+    assert str(victim) in _error([results], capsys)
+    victim.unlink()
+    (results / "benchmarks.json").unlink()
+    assert str(results / "benchmarks.json") in _error([results], capsys)
+    assert "no results for machine gpu-x" in _error([history.results, "--machine", "gpu-x"], capsys)
+    assert "--since deadbeef: no commit" in _error([history.results, "--since", "deadbeef"], capsys)
+
+
+def test_results_without_samples_are_not_passed_off_as_checked(tmp_path, capsys):
+    bare = build_history(tmp_path, [{"k": 1e-3}, {"k": 2e-3}], publish=False, record_samples=False)
+    assert "no stored samples" in _error([bare.results], capsys)
+
+
+def test_cli_exit_codes_through_the_console_script(history, tmp_path):
+    exe = Path(sys.executable).with_name("moebench")
+    reg = subprocess.run([str(exe), "alerts", str(history.results), "--since", history.commits[0]],
+                         capture_output=True, text=True)
+    assert reg.returncode == 1 and "## 2 performance regressions" in reg.stdout
+    calm = subprocess.run([str(exe), "alerts", str(history.results)], capture_output=True, text=True)
+    assert calm.returncode == 0 and "## No performance regressions" in calm.stdout
+
+
+def test_mann_whitney_matches_asv_on_tie_free_data():
+    from asv._stats import mann_whitney_u
+
+    rng = random.Random(3)
+    for shift in (0.0, 0.3, 1.0):
+        x = [rng.gauss(shift, 1) for _ in range(40)]
+        y = [rng.gauss(0, 1) for _ in range(60)]
+        _, p_two_sided = mann_whitney_u(x, y, method="normal")
+        smaller = min(alerts.mann_whitney_greater(x, y), alerts.mann_whitney_greater(y, x))
+        assert smaller == pytest.approx(p_two_sided / 2, rel=1e-9)
+    assert alerts.mann_whitney_greater([1.0, 1.0], [1.0, 1.0]) == 1.0
+
+
+def _measurement(commit: str, mean: float, noise: float, n: int, seed: int) -> alerts.Measurement:
+    rng = random.Random(seed)
+    return alerts.Measurement(commit, 0, tuple(rng.gauss(mean, noise * mean) for _ in range(n)))
+
+
+@pytest.mark.parametrize("mean_after, noise, n, alerted", [
+    (1.05, 0.015, 25, True),    # the 5 % step the nightly must catch
+    (1.03, 0.001, 100, False),  # certain but small: a run-to-run offset of a tight GPU kernel
+    (1.10, 0.05, 3, False),     # large but uncertain: three samples cannot tell
+    (0.80, 0.015, 25, False),   # an improvement
+])
+def test_rule_alerts_on_certain_slowdowns_that_reach_the_threshold(mean_after, noise, n, alerted):
+    base = [_measurement(f"b{i}", 1.0, noise, n, i) for i in range(5)]
+    change = alerts.compare(base, _measurement("new", mean_after, noise, n, 99), 0.05, 1e-3)
+    assert (change is not None and change.direction == alerts.SLOWER) == alerted
+
+
+def test_rule_floor_stops_a_small_median_shift_with_a_skewed_interval():
+    """Bimodal samples (boost clock on and off): the median moved 2 %, its interval's upper end
+    lies in the slow mode. Significant, interval above 1 and reaching 5 %: only the floor
+    (estimate >= 1 + threshold / 2) keeps it from alerting."""
+    base = [_measurement(f"b{i}", 1.0, 0.001, 40, i) for i in range(5)]
+    rng = random.Random(7)
+    after = alerts.Measurement("new", 0, tuple([rng.gauss(1.02, 0.001) for _ in range(22)]
+                                               + [rng.gauss(1.3, 0.01) for _ in range(18)]))
+    before, now = alerts.Interval.of([x for m in base for x in m.samples]), alerts.Interval.of(after.samples)
+    assert now.lo / before.hi > 1 and now.hi / before.lo > 1.05 and now.median / before.median < 1.025
+    assert alerts.mann_whitney_greater(after.samples, [x for m in base for x in m.samples]) < 1e-6
+    assert alerts.compare(base, after, 0.05, 1e-3) is None
+
+
+def test_rule_catches_an_exact_5_percent_step_every_time_and_noise_never():
+    """Over 40 seeded draws: a point-estimate rule (ratio > 1.05) would catch about half."""
+    def draw(seed: int, step: float) -> alerts.Change | None:
+        base = [_measurement(f"b{i}", 1.0, 0.015, 25, 1000 * seed + i) for i in range(5)]
+        return alerts.compare(base, _measurement("new", step, 0.015, 25, 1000 * seed + 99), 0.05, 1e-3)
+
+    caught = [draw(seed, 1.05) for seed in range(40)]
+    assert all(c is not None and c.direction == alerts.SLOWER for c in caught)
+    assert 10 < sum(c.ratio > 1.05 for c in caught) < 30
+    assert not [seed for seed in range(40) if draw(seed, 1.0) is not None]
