@@ -23,10 +23,11 @@ from .routing import ROUTINGS, ExpertParallel
 from .sweep import DEFAULT_BATCH_SIZES, OOM_PREFIX, SweepSpec, validate_row_bytes
 from .timing import L2_MODES
 
-SUBCOMMANDS = ("info", "impls", "alerts", "plot-history")
+SUBCOMMANDS = ("info", "impls", "alerts", "plot-history", "publish-offline")
 # Subcommands owned by other modules: each exposes ``main(argv) -> int`` and raises BadInput for
 # user errors. Imported only when used, so `moebench --help` stays fast.
-EXTERNAL = {"alerts": "moebench.alerts", "plot-history": "moebench.history"}
+EXTERNAL = {"alerts": "moebench.alerts", "plot-history": "moebench.history",
+            "publish-offline": "moebench.dashboard"}
 
 
 def _positive_int(text: str) -> int:
@@ -95,6 +96,9 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="spread points over every GPU of a local Ray cluster (one worker per GPU)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="spread points over an existing Ray cluster (e.g. auto, ray://host:10001)")
+    p.add_argument("--ray-workers", type=_positive_int, metavar="N",
+                   help="Ray workers (default: one per GPU of the cluster; one per node where it "
+                        "has no GPU, each timing on the CPU)")
     return p
 
 
@@ -174,11 +178,25 @@ def cmd_sweep(argv: Sequence[str]) -> int:
         _check_writable(getattr(args, flag), f"--{flag}")
     if args.resume and not args.json:
         raise BadInput("--resume needs --json PATH (the file to continue)")
+    use_ray = args.ray or args.ray_address is not None
+    if args.ray_workers and not use_ray:
+        raise BadInput("--ray-workers needs --ray or --ray-address")
+    if use_ray and args.device:
+        raise BadInput("--device does not apply with --ray/--ray-address: each Ray worker uses its "
+                       "own GPU (the CPU on a cluster without GPUs)")
     ep = ExpertParallel(args.ep_size, args.ep_rank)
     shape = resolve(args.model, trust_remote_code=args.trust_remote_code)
     ep.local_range(shape.num_experts)
     validate_row_bytes(shape, [args.dtype])
-    device = _device(args.device)
+    if use_ray:
+        import torch
+
+        from .fanout import connect
+
+        # Workers use the cluster's GPUs (or CPUs): implementations and timer follow those.
+        device = torch.device(connect(args.ray_address).device_type)
+    else:
+        device = _device(args.device)
 
     from .impls import implementations
     from .impls.vllm import check_library_path
@@ -193,11 +211,9 @@ def cmd_sweep(argv: Sequence[str]) -> int:
         err.print("[yellow]note:[/yellow] int8_w8a16 quantizes weights only: activations are "
                   "untouched, so permute/unpermute do the same work as --dtype auto")
 
-    from .timing import TimerConfig
+    from .timing import TimerConfig, default_calls_per_graph
 
-    # Cold L2 flushes before each replay, so only a graph's first call would see a cold cache:
-    # cold numbers use one call per graph (graph launch included, as in the anchors).
-    calls = args.calls_per_graph or (10 if device.type == "cuda" and args.l2 == "warm" else 1)
+    calls = args.calls_per_graph or default_calls_per_graph(device, args.l2)
     if args.l2 == "cold" and calls > 1:
         err.print(f"[yellow]note:[/yellow] --l2 cold with {calls} calls per graph: only the first "
                   "call of each replay sees a cold L2")
@@ -207,12 +223,12 @@ def cmd_sweep(argv: Sequence[str]) -> int:
                      routing=args.routing, l2=args.l2, ep=ep, seed=args.seed)
     meta = {"argv": list(argv), "shape": shape.summary(), "device": str(device),
             "timer": asdict(timer), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if args.ray or args.ray_address:
+    if use_ray:
         from .fanout import run_sweep_ray
 
         results = run_sweep_ray(spec, timer, vllm_ops_library=args.vllm_ops_library,
-                                address=args.ray_address, json_path=args.json,
-                                resume=args.resume, meta=meta, console=err)
+                                address=args.ray_address, num_workers=args.ray_workers,
+                                json_path=args.json, resume=args.resume, meta=meta, console=err)
     else:
         from .sweep import run_sweep
 

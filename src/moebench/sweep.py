@@ -129,6 +129,25 @@ def run_point(point: Point, impl: Implementation, device: torch.device, timer: T
             torch.cuda.empty_cache()
 
 
+def previous_results(json_path: str | None, resume: bool) -> dict[str, PointResult]:
+    """With ``resume``, the results already in ``json_path`` by point key; failed ones are left out
+    so that they are measured again."""
+    from .results import load
+
+    if not (resume and json_path and Path(json_path).exists()):
+        return {}
+    _, previous = load(json_path)
+    return {r.point.key: r for r in previous if r.status != FAILED}
+
+
+def progress_bar(console):
+    """The sweep's progress bar (stderr console), shared by the local loop and the Ray fan-out."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
 def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
               registry: dict[str, Implementation], *, json_path: str | None = None,
               resume: bool = False, meta: dict | None = None, console=None) -> list[PointResult]:
@@ -136,23 +155,17 @@ def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
 
     With ``resume``, points already in ``json_path`` (except failed ones) are kept, not re-measured.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .results import ResultsFile, load
+    from .results import ResultsFile
     from .roofline import ceiling as measure_ceiling
 
-    kept: dict[str, PointResult] = {}
-    if resume and json_path and Path(json_path).exists():
-        _, previous = load(json_path)
-        kept = {r.point.key: r for r in previous if r.status != FAILED}
+    kept = previous_results(json_path, resume)
     ceil = measure_ceiling(device)
     meta = {**(meta or {}), "ceiling": asdict(ceil)}
     out = ResultsFile(json_path, meta) if json_path else None
     nvml = Nvml()
     results: list[PointResult] = []
     points = spec.points()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("sweep", total=len(points))
         for p in points:
             progress.update(task, description=f"{p.impl} T={p.num_tokens} {p.dtype_mode}")
