@@ -1,0 +1,1 @@
+"""asv benchmark suite of moebench (see asv.conf.json and ``moebench.suite``)."""

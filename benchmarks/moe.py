@@ -1,0 +1,62 @@
+"""vLLM's MoE token permute and unpermute, per vLLM commit: warm and cold L2.
+
+Declarations only; ``moebench.suite`` does the work. The suite's one ``setup_cache`` (defined once
+below, so asv runs it once for both classes) measures the whole grid, both L2 modes: CUDA graphs,
+the correctness gate, every GPU through Ray when there are several. Every parameter combination's
+own process then only looks its point up: it does no CUDA work, so asv's forkserver starts it
+cheaply. ``setup`` skips (NaN) a combination that cannot run at this commit or on this device, and
+fails one that ran without a trustworthy number. There is no ``teardown``: the combination
+processes hold no GPU memory, and ``setup_cache``'s process releases each point's buffers and
+graphs before the next one and exits when the grid is done.
+
+Every ``track_*`` returns per-call samples ({"samples": [...], "number": 1}) so asv computes the
+median, its confidence interval, Mann-Whitney in ``asv compare`` and weighted step detection.
+Times are seconds (lower is better); ``*_vs_floor`` is time over the roofline floor (bytes moved
+at the measured copy bandwidth; 1.0 = at the floor). Parameters: ``MOEBENCH_*`` variables
+(``moebench.suite``).
+"""
+
+from moebench import suite
+
+CONFIG = suite.SuiteConfig.from_env()
+
+
+class _Grid:
+    params = CONFIG.params
+    param_names = list(suite.PARAM_NAMES)
+    version = suite.RECIPE_VERSION
+    l2: str
+
+    def setup_cache(self):
+        return suite.measure_grid(CONFIG)
+
+    def setup(self, grid, model, dtype, impl, tokens):
+        self.point = suite.lookup(grid, self.l2, model, dtype, impl, tokens)
+
+    def track_permute(self, grid, model, dtype, impl, tokens):
+        return self.point.op("permute").timing()
+
+    def track_unpermute(self, grid, model, dtype, impl, tokens):
+        return self.point.op("unpermute").timing()
+
+    def track_permute_vs_floor(self, grid, model, dtype, impl, tokens):
+        return self.point.op("permute").vs_floor()
+
+    def track_unpermute_vs_floor(self, grid, model, dtype, impl, tokens):
+        return self.point.op("unpermute").vs_floor()
+
+    track_permute.unit = track_unpermute.unit = "seconds"
+    track_permute_vs_floor.unit = track_unpermute_vs_floor.unit = "x floor"
+
+
+class WarmL2(_Grid):
+    """The seed's recipe: 10 calls per CUDA graph, caches warm from the previous call."""
+
+    l2 = "warm"
+
+
+class ColdL2(_Grid):
+    """A buffer twice the L2 size is overwritten before every replay (outside the timed region);
+    one call per graph, so every timed call meets a cold L2."""
+
+    l2 = "cold"

@@ -1,0 +1,270 @@
+"""What the asv suite (``benchmarks/``) runs: its axes, and one measurement of its whole grid.
+
+asv starts a fresh process for every parameter combination of every ``track_*`` method. If each
+of those imported torch and vLLM, created a CUDA context and captured its own graphs, one commit
+of one model would cost seconds x ~2600 processes. Instead the suite's one ``setup_cache`` (its
+own process, shared by every class) measures the whole grid, both L2 modes, once per commit and
+environment, through ``measure_grid``: ``sweep.run_point`` for each point on the local device (CUDA
+graphs, the correctness gate, NVML state), or a ``fanout.Pool`` across every GPU through Ray when
+there are several. The grid it returns holds only plain Python values (``Measured``), so each
+combination's process unpickles it and looks its point up (``lookup``) without importing torch
+and without touching CUDA: asv's ``forkserver`` can fork those processes from a server that never
+initialized CUDA, which is what makes it safe.
+
+This module is imported by asv's discovery and by its fork server, so it imports nothing heavy at
+module level: torch, the implementations and Ray are imported inside ``measure_grid`` only. The
+suite's axes are therefore spelled out here; a test holds them equal to the package's own.
+
+A run is configured by environment variables (read by ``SuiteConfig.from_env``); the same
+variables give the same parameter lists:
+
+    MOEBENCH_MODELS            comma-separated models (hub id, shipped snapshot or local config
+                               dir); default mistralai/Mixtral-8x7B-Instruct-v0.1
+    MOEBENCH_DTYPES            subset of auto,fp8_w8a8,int8_w8a16 (default: all three)
+    MOEBENCH_IMPLS             subset of the implementations (default: all; those unavailable at
+                               a commit or on a device are skipped, NaN in asv)
+    MOEBENCH_BATCH_SIZES       token counts (default: the seed's 18, 1 ... 4096)
+    MOEBENCH_L2                L2 modes to measure: warm,cold (default) or one of them; the
+                               other class's combinations are then skipped
+    MOEBENCH_REPLAYS           timed replays = samples per op and point (default 100)
+    MOEBENCH_CALLS_PER_GRAPH   calls per CUDA graph (default 10 with warm L2 on GPU, else 1)
+    MOEBENCH_VLLM_OPS_LIBRARY  a _moe_C*.so to time as ``vllm-ops`` (no vLLM install needed)
+    MOEBENCH_RAY               auto (default: Ray when it is installed and more than one GPU is
+                               visible), off, or a Ray cluster address
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import BadInput
+from .models import DEFAULT_MODEL
+
+# Equal to quant.DTYPE_MODES, impls.ALL, sweep.DEFAULT_BATCH_SIZES, results.OPS and
+# timing.L2_MODES (tested): repeated because those modules import torch.
+DTYPE_MODES = ("auto", "fp8_w8a8", "int8_w8a16")
+IMPLS = ("reference-standard", "vllm-standard", "reference-custom", "vllm-custom",
+         "vllm-custom-scratch", "vllm-ops")
+BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
+OPS = ("permute", "unpermute")
+L2_MODES = ("warm", "cold")
+
+PARAM_NAMES = ("model", "dtype", "impl", "tokens")
+# asv's ``version`` of every benchmark class: bump it when what a number means changes (timer
+# recipe, inputs, bytes model), never for refactoring, so history survives code edits.
+RECIPE_VERSION = "1"
+
+GridKey = tuple[str, str, str, str, int]  # (l2, model, dtype, impl, tokens): a class's combination
+
+
+class PointFailed(RuntimeError):
+    """A point that ran but produced no trustworthy number (correctness gate, OOM, capture).
+
+    Raised in a benchmark's ``setup``: asv records the combination as failed and ``asv run``
+    exits non-zero, so a wrong kernel can never turn into a data point.
+    """
+
+
+@dataclass(frozen=True)
+class OpTiming:
+    op: str
+    # Per-call seconds, one per timed replay. An array, not a tuple of floats: every combination's
+    # process unpickles the whole grid, and arrays unpickle as one block of bytes.
+    samples_s: array
+    floor_s: float  # bytes moved / measured copy bandwidth
+
+    def timing(self) -> dict:
+        """asv's timing result: median, CI, Mann-Whitney and step detection work on it."""
+        return {"samples": list(self.samples_s), "number": 1}
+
+    def vs_floor(self) -> dict:
+        """Time over the roofline floor, per sample (1.0 = at the copy bandwidth)."""
+        return {"samples": [s / self.floor_s for s in self.samples_s], "number": 1}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One point of the grid as the benchmark processes see it: plain values only."""
+
+    ops: tuple[OpTiming, ...] = ()
+    skipped: str | None = None  # why the point cannot run here (NaN in asv)
+    failed: str | None = None  # why it ran but gave no number (a failure in asv)
+    device: str = ""
+
+    def op(self, name: str) -> OpTiming:
+        return next(o for o in self.ops if o.op == name)
+
+
+Grid = dict[GridKey, Measured]
+
+
+def _split(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    values = tuple(v.strip() for v in raw.split(",") if v.strip())
+    if not values or len(set(values)) != len(values):
+        raise BadInput(f"{name}={raw!r}: expected a comma-separated list without repeats")
+    return values
+
+
+def _choose(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    values = _split(env, name, allowed)
+    if unknown := [v for v in values if v not in allowed]:
+        raise BadInput(f"{name}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return values
+
+
+def _positive(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadInput(f"{name}: not an integer: {text!r}") from None
+    if value <= 0:
+        raise BadInput(f"{name}: must be > 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    dtype_modes: tuple[str, ...] = DTYPE_MODES
+    impls: tuple[str, ...] = IMPLS
+    batch_sizes: tuple[int, ...] = BATCH_SIZES
+    l2_modes: tuple[str, ...] = L2_MODES
+    replays: int = 100
+    calls_per_graph: int | None = None  # None: the timer's default for the device and L2 mode
+    vllm_ops_library: str | None = None
+    ray: str = "auto"  # "auto", "off" or a Ray cluster address
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "SuiteConfig":
+        sizes = _split(env, "MOEBENCH_BATCH_SIZES", tuple(map(str, BATCH_SIZES)))
+        calls = env.get("MOEBENCH_CALLS_PER_GRAPH", "").strip()
+        return cls(
+            models=_split(env, "MOEBENCH_MODELS", (DEFAULT_MODEL,)),
+            dtype_modes=_choose(env, "MOEBENCH_DTYPES", DTYPE_MODES),
+            impls=_choose(env, "MOEBENCH_IMPLS", IMPLS),
+            batch_sizes=tuple(_positive("MOEBENCH_BATCH_SIZES", s) for s in sizes),
+            l2_modes=_choose(env, "MOEBENCH_L2", L2_MODES),
+            replays=_positive("MOEBENCH_REPLAYS",
+                              env.get("MOEBENCH_REPLAYS", "").strip() or str(cls.replays)),
+            calls_per_graph=_positive("MOEBENCH_CALLS_PER_GRAPH", calls) if calls else None,
+            vllm_ops_library=env.get("MOEBENCH_VLLM_OPS_LIBRARY", "").strip() or None,
+            ray=env.get("MOEBENCH_RAY", "").strip() or "auto",
+        )
+
+    @property
+    def params(self) -> list[list]:
+        """asv ``params``, in ``PARAM_NAMES`` order."""
+        return [list(self.models), list(self.dtype_modes), list(self.impls), list(self.batch_sizes)]
+
+
+def lookup(grid: Grid, l2: str, model: str, dtype: str, impl: str, tokens: int) -> Measured:
+    """The point of one asv combination; ``NotImplementedError`` (asv: skipped, NaN) where it
+    cannot run here, ``PointFailed`` where it ran without a trustworthy number."""
+    name = f"{model}/{dtype}/{impl}/T{tokens}/L2 {l2}"
+    try:
+        m = grid[(l2, model, dtype, impl, tokens)]
+    except KeyError:
+        raise PointFailed(f"{name} is not in the measured grid: the MOEBENCH_* variables changed "
+                          "between discovery and setup_cache") from None
+    if m.skipped is not None:
+        raise NotImplementedError(m.skipped)
+    if m.failed is not None:
+        raise PointFailed(f"{name} on {m.device}: {m.failed}")
+    return m
+
+
+def _use_ray(cfg: SuiteConfig) -> bool:
+    if cfg.ray == "off":
+        return False
+    if cfg.ray != "auto":
+        return True
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("ray") is not None and torch.cuda.device_count() > 1
+
+
+def measure_grid(cfg: SuiteConfig) -> Grid:
+    """Measure every combination of ``cfg``, each selected L2 mode: the suite's ``setup_cache``."""
+    import torch
+
+    from .impls.vllm import check_library_path
+    from .models import resolve
+    from .results import FAILED, SKIPPED
+    from .sweep import SweepSpec, validate_row_bytes
+    from .timing import TimerConfig, default_calls_per_graph
+
+    if cfg.vllm_ops_library:
+        check_library_path(cfg.vllm_ops_library)
+    started = time.perf_counter()
+    left_out = Measured(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
+    grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
+                  for rest in itertools.product(cfg.models, cfg.dtype_modes, cfg.impls, cfg.batch_sizes)}
+    keyed = []  # (GridKey, Point) in measuring order
+    for model in cfg.models:
+        shape = resolve(model)
+        modes = []
+        for mode in cfg.dtype_modes:
+            try:
+                validate_row_bytes(shape, [mode])
+                modes.append(mode)
+            except BadInput as exc:
+                grid.update({(l2, model, mode, i, t): Measured(skipped=str(exc))
+                             for l2 in cfg.l2_modes for i in cfg.impls for t in cfg.batch_sizes})
+        for l2 in cfg.l2_modes:
+            spec = SweepSpec(shape=shape, dtype_modes=tuple(modes), impls=cfg.impls,
+                             batch_sizes=cfg.batch_sizes, l2=l2)
+            keyed += [((l2, model, p.dtype_mode, p.impl, p.num_tokens), p) for p in spec.points()]
+
+    def timer(device: torch.device, l2: str) -> TimerConfig:
+        calls = cfg.calls_per_graph or default_calls_per_graph(device, l2)
+        return TimerConfig(calls_per_graph=calls, replays=cfg.replays, l2=l2)
+
+    points = [p for _, p in keyed]
+    ray = _use_ray(cfg)
+    if ray:
+        from .fanout import Pool
+
+        # One pool for both L2 modes: Ray and its workers start once.
+        with Pool(vllm_ops_library=cfg.vllm_ops_library,
+                  address=None if cfg.ray == "auto" else cfg.ray) as pool:
+            device = torch.device(pool.cluster.device_type)
+            results = [r for l2 in cfg.l2_modes
+                       for r in pool.measure([p for p in points if p.l2 == l2], timer(device, l2))]
+    else:
+        from .gpustate import Nvml
+        from .impls import implementations
+        from .roofline import ceiling
+        from .sweep import run_point
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        registry = implementations(cfg.vllm_ops_library)
+        ceil, nvml = ceiling(device), Nvml()
+        results = [run_point(p, registry[p.impl], device, timer(device, p.l2), ceil, nvml) for p in points]
+
+    by_key = {r.point.key: r for r in results}
+    for key, p in keyed:
+        r = by_key[p.key]
+        grid[key] = Measured(
+            ops=tuple(OpTiming(o.op, array("d", (us * 1e-6 for us in o.samples_us)), o.floor_us * 1e-6)
+                      for o in r.ops),
+            skipped=r.reason if r.status == SKIPPED else None,
+            failed=r.reason if r.status == FAILED else None,
+            device=r.device)
+    failed = {k: m.failed for k, m in grid.items() if m.failed is not None}
+    skipped = sum(1 for m in grid.values() if m.skipped is not None)
+    print(f"moebench: measured {len(grid)} points on {device.type}{' through Ray' if ray else ''}: "
+          f"{len(grid) - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    for key, why in failed.items():
+        print(f"moebench: failed {'/'.join(map(str, key))}: {why}", flush=True)
+    return grid

@@ -1,0 +1,267 @@
+"""asv's per-commit install step: vLLM's prebuilt wheel for exactly the requested commit.
+
+Where the wheels are (root ``https://wheels.vllm.ai``, or ``$MOEBENCH_WHEEL_INDEX``: a mirror URL
+or a local directory laid out the same way):
+- ``<root>/<sha>/vllm/`` is a PEP 503 page listing the commit's wheels (vLLM's per-commit index
+  since Dec 2025; other CUDA variants under ``<root>/<sha>/<variant>/vllm/``, chosen with
+  ``$MOEBENCH_WHEEL_VARIANT``);
+- before that, ``<root>/<sha>/`` held one ``vllm-1.0.0.dev-cp38-abi3-manylinux1_x86_64.whl``;
+- some commits have no wheel at all: that commit fails to install, with the URLs tried.
+The wheel is installed by its URL with pip (its dependencies, torch included, come from pip's
+usual index: ``PIP_INDEX_URL`` for a mirror), never by ``pip install vllm --extra-index-url``,
+which lets pip pick a newer release from PyPI instead.
+
+Which commit got installed is then read from the installed files, never trusted from the URL
+(a missing wheel or an old precompiled fallback silently brings another commit's kernels). vLLM's
+wheels carry a setuptools-scm ``vllm/_version.py``: from 0.10.1 on it holds
+``__commit_id__ = 'g<short sha>'``, and dev builds (every per-commit wheel) have ``+g<short sha>``
+in ``__version__``, as in ``0.11.2.dev278+gdbc3d9991``. Release wheels of 0.9.0 and 0.10.0 carry
+no sha at all: such a wheel is accepted only where the project checkout has the tag
+``v<version>`` on the requested commit. Anything else fails the commit loudly, and the wrong
+vLLM is uninstalled so no benchmark can run against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import os
+import platform
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import unquote, urljoin, urlsplit
+from urllib.request import url2pathname
+
+DEFAULT_INDEX = "https://wheels.vllm.ai"
+INDEX_ENV = "MOEBENCH_WHEEL_INDEX"
+VARIANT_ENV = "MOEBENCH_WHEEL_VARIANT"
+LEGACY_WHEEL = "vllm-1.0.0.dev-cp38-abi3-manylinux1_x86_64.whl"
+MIN_SHA_CHARS = 7
+TIMEOUT_S = 60
+
+
+class WheelError(Exception):
+    """The commit cannot be installed as itself: no wheel, or a wheel of another commit."""
+
+
+@dataclass(frozen=True)
+class InstalledVllm:
+    version: str
+    commit: str | None  # lowercase hex prefix of the commit, None if the files carry none
+    source: str  # where ``commit`` was read
+
+
+def index_root(env=os.environ) -> str:
+    """The index root as a URL without trailing slash; a plain path becomes a file: URL."""
+    root = env.get(INDEX_ENV, "").strip() or DEFAULT_INDEX
+    if urlsplit(root).scheme not in ("http", "https", "file"):
+        root = Path(root).expanduser().resolve().as_uri()
+    return root.rstrip("/")
+
+
+def _is_file(url: str) -> bool:
+    return urlsplit(url).scheme == "file"
+
+
+def _read(url: str) -> str | None:
+    """The page's text, or None where it does not exist (S3 answers 403 for a missing key)."""
+    if _is_file(url):
+        path = Path(url2pathname(urlsplit(url).path))
+        path = path / "index.html" if url.endswith("/") else path
+        return path.read_text() if path.is_file() else None
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            return resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (403, 404):
+            return None
+        raise WheelError(f"{url}: HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise WheelError(f"cannot reach {url}: {exc.reason}") from None
+
+
+def _exists(url: str) -> bool:
+    if _is_file(url):
+        return Path(url2pathname(urlsplit(url).path)).is_file()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=TIMEOUT_S):
+            return True
+    except urllib.error.HTTPError as exc:
+        if exc.code in (403, 404):
+            return False
+        raise WheelError(f"{url}: HTTP {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise WheelError(f"cannot reach {url}: {exc.reason}") from None
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+
+def wheel_links(html: str, page_url: str) -> list[str]:
+    """Absolute URLs of the ``.whl`` links of a PEP 503 page, in page order (fragments dropped)."""
+    parser = _Links()
+    parser.feed(html)
+    urls = [urljoin(page_url, href.split("#", 1)[0]) for href in parser.hrefs]
+    return [u for u in urls if u.endswith(".whl")]
+
+
+def wheel_filename(url: str) -> str:
+    return unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+
+
+def compatible(filename: str, machine: str = platform.machine(),
+               python: tuple[int, int] = sys.version_info[:2]) -> bool:
+    """Whether a vLLM wheel installs here: Linux on this CPU architecture, this CPython
+    (``cpXY`` ABI, or the stable ABI ``abi3`` of an older or equal CPython)."""
+    parts = filename[: -len(".whl")].split("-")
+    if len(parts) not in (5, 6) or parts[0].lower() != "vllm":
+        return False
+    pys, abis, plats = (p.split(".") for p in parts[-3:])
+    plat_ok = any(p == "any" or (p.startswith(("manylinux", "linux")) and p.endswith("_" + machine))
+                  for p in plats)
+    here = f"cp{python[0]}{python[1]}"
+    py_ok = any(
+        py in ("py3", f"py{python[0]}{python[1]}")
+        or (py == here and abi in (here, "abi3", "none"))
+        or (abi == "abi3" and py.startswith(f"cp{python[0]}") and int(py[3:] or 0) <= python[1])
+        for py in pys for abi in abis)
+    return plat_ok and py_ok
+
+
+def find_wheel(root: str, sha: str, variant: str | None = None,
+               machine: str = platform.machine()) -> str:
+    """URL of the commit's wheel for this machine; ``WheelError`` (with what was tried) if none."""
+    base = f"{root}/{sha}/" + (f"{variant}/" if variant else "")
+    page = base + "vllm/"
+    html = _read(page)
+    if html is not None:
+        links = [u for u in wheel_links(html, page) if compatible(wheel_filename(u), machine)]
+        if not links:
+            raise WheelError(f"{page} lists no vLLM wheel for {machine} / CPython "
+                             f"{platform.python_version()}")
+        own = [u for u in links if f"g{sha[:MIN_SHA_CHARS]}" in wheel_filename(u)]
+        return (own or links)[0]
+    legacy = base + LEGACY_WHEEL
+    if machine == "x86_64" and _exists(legacy):
+        return legacy
+    raise WheelError(f"no prebuilt vLLM wheel for commit {sha}: neither {page} nor {legacy} exists")
+
+
+def _assigned_strings(source: str) -> dict[str, str | None]:
+    """Module-level ``NAME = 'text'`` / ``NAME = None`` assignments (chained ones too)."""
+    found: dict[str, str | None] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            if isinstance(node.value.value, (str, type(None))):
+                found.update({t.id: node.value.value for t in node.targets if isinstance(t, ast.Name)})
+    return found
+
+
+def sha_in_version(version: str) -> str | None:
+    """The ``g<hex>`` part of a setuptools-scm local version label, e.g. ``+gdbc3d9991.cu130``."""
+    local = version.partition("+")[2]
+    for part in local.split("."):
+        if re.fullmatch(rf"g[0-9a-f]{{{MIN_SHA_CHARS},40}}", part):
+            return part[1:]
+    return None
+
+
+def installed_vllm() -> InstalledVllm | None:
+    """The vLLM installed for this interpreter, read from its files (vLLM is not imported)."""
+    importlib.invalidate_caches()
+    try:
+        dist = metadata.distribution("vllm")
+    except metadata.PackageNotFoundError:
+        return None
+    version_file = Path(str(dist.locate_file("vllm/_version.py")))
+    values = _assigned_strings(version_file.read_text()) if version_file.is_file() else {}
+    scm_version = values.get("__version__") or values.get("version") or dist.version
+    commit_id = values.get("__commit_id__") or values.get("commit_id")
+    if commit_id and re.fullmatch(rf"g?[0-9a-f]{{{MIN_SHA_CHARS},40}}", commit_id):
+        return InstalledVllm(scm_version, commit_id.removeprefix("g"), "__commit_id__ of vllm/_version.py")
+    for version, where in ((scm_version, "vllm/_version.py"), (dist.version, "the wheel's metadata")):
+        if (sha := sha_in_version(version)) is not None:
+            return InstalledVllm(scm_version, sha, f"version {version} in {where}")
+    return InstalledVllm(scm_version, None, "no commit in vllm/_version.py or the wheel's metadata")
+
+
+def _tags_at(checkout: Path, sha: str) -> list[str]:
+    proc = subprocess.run(["git", "-C", str(checkout), "tag", "--points-at", sha],
+                          capture_output=True, text=True)
+    return proc.stdout.split() if proc.returncode == 0 else []
+
+
+def verify(installed: InstalledVllm | None, sha: str, checkout: Path | None = None) -> str:
+    """How ``installed`` is known to be commit ``sha``; ``WheelError`` if it is not, or if
+    nothing in it says which commit it is."""
+    if installed is None:
+        raise WheelError("pip reported success but no vllm distribution is installed")
+    if installed.commit is not None:
+        if sha.lower().startswith(installed.commit):
+            return f"commit {installed.commit} ({installed.source})"
+        raise WheelError(f"installed vLLM {installed.version} is commit {installed.commit} "
+                         f"({installed.source}), not the requested {sha}")
+    tag = f"v{installed.version}"
+    if checkout is not None and tag in _tags_at(checkout, sha):
+        return f"release {installed.version}: tag {tag} points at {sha}"
+    raise WheelError(f"installed vLLM {installed.version} names no commit ({installed.source}) and "
+                     f"no tag {tag} points at {sha}" + ("" if checkout else " (no --checkout given)")
+                     + ": cannot tell which kernels were installed")
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"], check=True)
+
+
+def install(sha: str, root: str, variant: str | None = None, checkout: Path | None = None) -> str:
+    """Install commit ``sha``'s wheel into this interpreter's environment and verify it."""
+    url = find_wheel(root, sha, variant)
+    print(f"asv_install: vLLM {sha[:12]}: {url}", flush=True)
+    _pip("uninstall", "-y", "-q", "vllm")
+    try:
+        _pip("install", "--progress-bar", "off", url)
+    except subprocess.CalledProcessError as exc:
+        raise WheelError(f"pip install {url} failed (exit {exc.returncode})") from None
+    try:
+        how = verify(installed_vllm(), sha, checkout)
+    except WheelError:
+        _pip("uninstall", "-y", "-q", "vllm")
+        raise
+    print(f"asv_install: verified {how}", flush=True)
+    return how
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="asv_install", description=__doc__.splitlines()[0])
+    p.add_argument("--commit", required=True, help="full hash of the vLLM commit")
+    p.add_argument("--checkout", type=Path, help="vLLM checkout at that commit (asv's {build_dir}): "
+                                                  "release tags for wheels that carry no commit")
+    p.add_argument("--variant", default=os.environ.get(VARIANT_ENV) or None,
+                   help=f"index variant such as cu130 (default ${VARIANT_ENV}, else the default build)")
+    args = p.parse_args(argv)
+    if not re.fullmatch(r"[0-9a-fA-F]{40}", args.commit):
+        print(f"asv_install: error: --commit must be a full 40-hex hash, got {args.commit!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        install(args.commit.lower(), index_root(), args.variant, args.checkout)
+    except WheelError as exc:
+        print(f"asv_install: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

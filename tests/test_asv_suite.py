@@ -1,0 +1,238 @@
+"""The asv suite: its axes and configuration, the grid measured once per class, and the whole chain
+with real asv (``asv check``; ``asv run`` for three commits of a stand-in project repository in this
+environment; ``asv publish``) on a tiny model, on this CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from array import array
+from pathlib import Path
+
+import pytest
+import torch
+
+from moebench import asvlocal, suite
+from moebench.errors import BadInput
+from moebench.suite import Measured, OpTiming, PointFailed, SuiteConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4,
+        "num_experts_per_tok": 2, "hidden_size": 64, "torch_dtype": "bfloat16"}
+BENCHMARKS = [f"moe.{cls}.track_{op}{kind}" for cls in ("ColdL2", "WarmL2")
+              for op in ("permute", "unpermute") for kind in ("", "_vs_floor")]
+
+
+def model_dir(root: Path, name: str, **overrides) -> str:
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({**TINY, **overrides}))
+    return str(path)
+
+
+def test_axes_equal_the_package():
+    from moebench.impls import ALL
+    from moebench.quant import DTYPE_MODES
+    from moebench.results import OPS
+    from moebench.sweep import DEFAULT_BATCH_SIZES
+    from moebench.timing import L2_MODES
+
+    assert (suite.DTYPE_MODES, suite.IMPLS, suite.BATCH_SIZES, suite.OPS, suite.L2_MODES) == (
+        DTYPE_MODES, ALL, DEFAULT_BATCH_SIZES, OPS, L2_MODES)
+
+
+def test_config_from_env():
+    default = SuiteConfig.from_env({})
+    assert default == SuiteConfig()
+    assert default.params == [["mistralai/Mixtral-8x7B-Instruct-v0.1"], list(suite.DTYPE_MODES),
+                              list(suite.IMPLS), list(suite.BATCH_SIZES)]
+    cfg = SuiteConfig.from_env({"MOEBENCH_MODELS": "a, b", "MOEBENCH_DTYPES": "fp8_w8a8",
+                                "MOEBENCH_IMPLS": "vllm-ops,reference-custom", "MOEBENCH_BATCH_SIZES": "8,1",
+                                "MOEBENCH_L2": "cold", "MOEBENCH_REPLAYS": "7", "MOEBENCH_CALLS_PER_GRAPH": "3",
+                                "MOEBENCH_VLLM_OPS_LIBRARY": "x.so", "MOEBENCH_RAY": "off"})
+    assert cfg == SuiteConfig(models=("a", "b"), dtype_modes=("fp8_w8a8",),
+                              impls=("vllm-ops", "reference-custom"), batch_sizes=(8, 1),
+                              l2_modes=("cold",), replays=7,
+                              calls_per_graph=3, vllm_ops_library="x.so", ray="off")
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("MOEBENCH_DTYPES", "auto,fp16", "unknown fp16"),
+    ("MOEBENCH_IMPLS", "triton", "unknown triton"),
+    ("MOEBENCH_BATCH_SIZES", "1,x", "not an integer"),
+    ("MOEBENCH_BATCH_SIZES", "0", "must be > 0"),
+    ("MOEBENCH_BATCH_SIZES", "4,4", "without repeats"),
+    ("MOEBENCH_REPLAYS", "-1", "must be > 0"),
+    ("MOEBENCH_MODELS", ",", "comma-separated"),
+    ("MOEBENCH_L2", "hot", "unknown hot"),
+])
+def test_config_rejects(name, value, message):
+    with pytest.raises(BadInput, match=f"{name}.*{message}"):
+        SuiteConfig.from_env({name: value})
+
+
+def test_suite_import_loads_no_torch():
+    """asv imports the suite for discovery and in its fork server: that must stay cheap, and the
+    fork server must never initialize CUDA."""
+    code = ("import sys; import benchmarks.moe as m; "
+            "print(len(m.WarmL2.params), sorted(x for x in ('torch', 'ray', 'vllm') if x in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["4", "[]"]
+
+
+def test_lookup_and_track_values():
+    ok = Measured(ops=(OpTiming("permute", array("d", [2e-6, 4e-6]), 1e-6),
+                       OpTiming("unpermute", array("d", [3e-6]), 1.5e-6)), device="cpu")
+    grid = {("warm", "m", "auto", "reference-custom", 1): ok,
+            ("warm", "m", "auto", "vllm-ops", 1): Measured(skipped="no library"),
+            ("warm", "m", "auto", "reference-standard", 1): Measured(failed="permute mismatch: rows differ",
+                                                                     device="cpu")}
+    m = suite.lookup(grid, "warm", "m", "auto", "reference-custom", 1)
+    assert m.op("permute").timing() == {"samples": [2e-6, 4e-6], "number": 1}
+    assert m.op("permute").vs_floor() == {"samples": [2.0, 4.0], "number": 1}
+    assert m.op("unpermute").vs_floor()["samples"] == [pytest.approx(2.0)]
+    with pytest.raises(NotImplementedError, match="no library"):
+        suite.lookup(grid, "warm", "m", "auto", "vllm-ops", 1)
+    with pytest.raises(PointFailed, match="reference-standard/T1/L2 warm on cpu: permute mismatch"):
+        suite.lookup(grid, "warm", "m", "auto", "reference-standard", 1)
+    with pytest.raises(PointFailed, match="not in the measured grid"):
+        suite.lookup(grid, "cold", "m", "auto", "reference-custom", 1)
+
+
+def test_measure_grid_on_cpu(tmp_path, monkeypatch):
+    """Every combination of the grid gets a status; a wrong kernel fails, never becomes a number."""
+    import moebench.impls
+    from moebench.impls.reference import ReferenceCustom
+
+    class WrongCustom(ReferenceCustom):  # stand-in for a broken kernel: permute drops the rows
+        def prepare(self, inputs):
+            run = super().prepare(inputs)
+            permute = run.permute
+            run.permute = lambda: (permute(), run.permuted.zero_())
+            return run
+
+    registry = moebench.impls.implementations
+    monkeypatch.setattr(moebench.impls, "implementations",
+                        lambda lib=None: {**registry(lib), "reference-custom": WrongCustom()})
+    tiny = model_dir(tmp_path, "tiny")
+    odd = model_dir(tmp_path, "odd", hidden_size=24)  # 24 fp8 bytes: not a multiple of 16
+    cfg = SuiteConfig(models=(tiny, odd), dtype_modes=("auto", "fp8_w8a8"),
+                      impls=("reference-standard", "reference-custom", "vllm-ops"), batch_sizes=(1, 5),
+                      l2_modes=("warm",), replays=3, ray="off")
+    grid = suite.measure_grid(cfg)
+    assert set(grid) == set(itertools.product(suite.L2_MODES, cfg.models, cfg.dtype_modes, cfg.impls,
+                                              cfg.batch_sizes))
+    for (l2, model, dtype, impl, tokens), m in grid.items():
+        if l2 == "cold":
+            assert m.skipped == "L2 mode not measured (MOEBENCH_L2=warm)"
+        elif model == odd and dtype == "fp8_w8a8":
+            assert m.skipped and "multiple of 16 bytes" in m.skipped
+        elif impl == "vllm-ops":
+            assert m.skipped and not m.ops
+        elif impl == "reference-custom":
+            assert "permute mismatch" in m.failed and not m.ops
+        else:
+            assert m.skipped is None and m.failed is None and m.device.startswith("cpu")
+            assert [o.op for o in m.ops] == ["permute", "unpermute"]
+            assert all(len(o.samples_s) == 3 and min(o.samples_s) > 0 and o.floor_s > 0 for o in m.ops)
+
+
+@pytest.mark.slow
+def test_measure_grid_through_ray(tmp_path, monkeypatch):
+    """The multi-GPU path, on this machine's CPU: a local Ray cluster, one pool for both L2 modes."""
+    pytest.importorskip("ray")
+    monkeypatch.setattr(suite, "_use_ray", lambda cfg: True)
+    tiny = model_dir(tmp_path, "tiny")
+    cfg = SuiteConfig(models=(tiny,), dtype_modes=("auto",), impls=("reference-custom", "vllm-custom"),
+                      batch_sizes=(1, 5), replays=3)
+    grid = suite.measure_grid(cfg)
+    assert set(grid) == set(itertools.product(suite.L2_MODES, [tiny], ["auto"], cfg.impls, [1, 5]))
+    for (_, _, _, impl, _), m in grid.items():
+        if impl == "vllm-custom":
+            assert m.skipped and not m.ops
+        else:
+            assert m.failed is None and [len(o.samples_s) for o in m.ops] == [3, 3]
+
+
+def test_ray_only_where_it_helps():
+    assert not suite._use_ray(SuiteConfig(ray="off"))
+    assert suite._use_ray(SuiteConfig(ray="ray://head:10001"))
+    assert suite._use_ray(SuiteConfig(ray="auto")) == (
+        torch.cuda.device_count() > 1 and __import__("importlib").util.find_spec("ray") is not None)
+
+
+def _asv_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOEBENCH_")}
+    # HOME keeps asv's machine file out of the user's; the roofline ceiling cache is shared.
+    env.setdefault("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return {**env, "HOME": str(home)}
+
+
+def test_asv_check(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "asv", "check", "--config", str(REPO / "asv.conf.json"),
+                           "-E", f"existing:{sys.executable}"], env=_asv_env(tmp_path),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "No problems found" in proc.stdout
+
+
+@pytest.mark.slow
+def test_asv_run_three_commits_and_publish(tmp_path):
+    from moebench.impls import implementations
+
+    tiny = model_dir(tmp_path, "tiny")
+    env = {**_asv_env(tmp_path / "home"), "MOEBENCH_MODELS": tiny, "MOEBENCH_DTYPES": "auto,fp8_w8a8",
+           "MOEBENCH_BATCH_SIZES": "1,8", "MOEBENCH_REPLAYS": "3", "MOEBENCH_RAY": "off"}
+    (tmp_path / "home").mkdir()
+    work, html = tmp_path / "work", tmp_path / "html"
+    commits = []
+    for i in range(3):
+        date = f"{1_700_000_000 + 3600 * i} +0000"
+        commits.append(asvlocal.commit_state(work / "project", f"stand-in state {i}\n",
+                                             {**env, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}))
+    assert len(set(commits)) == 3
+    assert asvlocal.commit_state(work / "project", "stand-in state 2\n", env) == commits[-1]
+    conf = asvlocal.write_config(work, work / "project", html)
+    assert asvlocal.asv(["machine", "--yes", "--machine", "ci"], conf, env, capture=True).returncode == 0
+    for commit in commits:
+        proc = asvlocal.run_commit(conf, commit, machine="ci", env=env, capture=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    published = asvlocal.publish(conf, html, env, capture=True)
+    assert published.returncode == 0, published.stdout + published.stderr
+
+    params = [[repr(tiny)], ["'auto'", "'fp8_w8a8'"], [repr(i) for i in suite.IMPLS], ["1", "8"]]
+    declared = json.loads((work / "results" / "benchmarks.json").read_text())
+    assert sorted(k for k in declared if k != "version") == BENCHMARKS
+    assert all(declared[b]["params"] == params and declared[b]["version"] == suite.RECIPE_VERSION
+               for b in BENCHMARKS)
+
+    registry = implementations()
+    grid = list(itertools.product(["auto", "fp8_w8a8"], suite.IMPLS, [1, 8]))
+    available = [registry[impl].unavailable(dtype, torch.device("cpu")) is None for dtype, impl, _ in grid]
+    # Not vacuous: both references run here, and every vLLM implementation is absent on CI.
+    assert {impl for (_, impl, _), a in zip(grid, available) if a} == {"reference-standard", "reference-custom"}
+
+    files = sorted(p for p in (work / "results" / "ci").glob("*.json") if p.name != "machine.json")
+    assert sorted(json.loads(p.read_text())["commit_hash"] for p in files) == sorted(commits)
+    for path in files:
+        data = json.loads(path.read_text())
+        col = {name: i for i, name in enumerate(data["result_columns"])}
+        assert sorted(data["results"]) == BENCHMARKS
+        for name, row in data["results"].items():
+            values, samples = row[col["result"]], row[col["samples"]]
+            assert len(values) == len(grid) == len(samples)
+            for ok, value, s in zip(available, values, samples):
+                if ok:
+                    assert math.isfinite(value) and value > 0 and len(s) == 3
+                    assert value == pytest.approx(sorted(s)[1])  # the median of the samples
+                else:
+                    assert math.isnan(value) and s is None
+
+    index = json.loads((html / "index.json").read_text())
+    assert sorted(index["benchmarks"]) == BENCHMARKS
+    assert index["benchmarks"]["moe.WarmL2.track_permute"]["unit"] == "seconds"
+    assert (html / "graphs").is_dir() and "vendor/jquery" in (html / "index.html").read_text()
