@@ -16,7 +16,14 @@ at the measured copy bandwidth; 1.0 = at the floor). Parameters: ``MOEBENCH_*`` 
 (``moebench.suite``).
 """
 
-from moebench import suite
+try:
+    from moebench import suite
+except ImportError:  # run from a checkout where moebench is not installed (asv "existing" env)
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
+    from moebench import suite
 
 CONFIG = suite.SuiteConfig.from_env()
 
