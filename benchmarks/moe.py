@@ -56,14 +56,20 @@ class _Grid:
     track_permute_vs_floor.unit = track_unpermute_vs_floor.unit = "x floor"
 
 
-class WarmL2(_Grid):
-    """The seed's recipe: 10 calls per CUDA graph, caches warm from the previous call."""
+# A class exists only for the L2 modes this run measures (MOEBENCH_L2): a deselected class would
+# still cost asv one process per parameter combination just to report n/a.
+if "warm" in CONFIG.l2_modes:
 
-    l2 = "warm"
+    class WarmL2(_Grid):
+        """The seed's recipe: 10 calls per CUDA graph, caches warm from the previous call."""
+
+        l2 = "warm"
 
 
-class ColdL2(_Grid):
-    """A buffer twice the L2 size is overwritten before every replay (outside the timed region);
-    one call per graph, so every timed call meets a cold L2."""
+if "cold" in CONFIG.l2_modes:
 
-    l2 = "cold"
+    class ColdL2(_Grid):
+        """A buffer twice the L2 size is overwritten before every replay (outside the timed
+        region); one call per graph, so every timed call meets a cold L2."""
+
+        l2 = "cold"
