@@ -54,6 +54,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from .argtypes import positive_int
 from .errors import BadInput
 
 DEFAULT_THRESHOLD = 0.05
@@ -563,16 +564,6 @@ def _override(text: str) -> tuple[str, float]:
     return regex, _fraction(value)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="moebench alerts",
@@ -597,7 +588,7 @@ def parser() -> argparse.ArgumentParser:
                         "`name(param values)`; the largest matching one wins")
     p.add_argument("--alpha", type=_fraction, default=DEFAULT_ALPHA,
                    help=f"family-wise false-alarm probability of one run (default {DEFAULT_ALPHA})")
-    p.add_argument("--window", type=_positive, default=DEFAULT_WINDOW,
+    p.add_argument("--window", type=positive_int, default=DEFAULT_WINDOW,
                    help=f"baseline commits (default {DEFAULT_WINDOW})")
     p.add_argument("--markdown", type=Path, help="write the markdown report here (default: stdout)")
     p.add_argument("--json", type=Path, help="write the JSON report here")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .argtypes import non_negative_int, positive_int
 from .errors import BadInput
 from .models import DEFAULT_MODEL, resolve, shipped_models
 from .quant import DTYPE_MODES
@@ -28,26 +29,6 @@ SUBCOMMANDS = ("info", "impls", "alerts", "plot-history", "publish-offline")
 # user errors. Imported only when used, so `moebench --help` stays fast.
 EXTERNAL = {"alerts": "moebench.alerts", "plot-history": "moebench.history",
             "publish-offline": "moebench.dashboard"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -70,22 +51,22 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-customized-permute", action="store_true",
                    help="time the customized path (moe_permute/moe_unpermute) instead of the standard one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int, nargs="+", metavar="T",
+    p.add_argument("--batch-size", type=positive_int, nargs="+", metavar="T",
                    help=f"token counts (default: {','.join(map(str, DEFAULT_BATCH_SIZES))})")
     p.add_argument("--impl", help="comma-separated implementations (see `moebench impls`); "
                                   "default: every one of the selected path available here")
     p.add_argument("--vllm-ops-library", metavar="PATH",
                    help="a _moe_C*.so kernel library to time as vllm-ops (no vLLM install needed)")
     p.add_argument("--routing", choices=ROUTINGS, default="uniform")
-    p.add_argument("--ep-size", type=_positive_int, default=1, help="expert-parallel ranks")
-    p.add_argument("--ep-rank", type=_non_negative_int, default=0, help="this rank (< --ep-size)")
+    p.add_argument("--ep-size", type=positive_int, default=1, help="expert-parallel ranks")
+    p.add_argument("--ep-rank", type=non_negative_int, default=0, help="this rank (< --ep-size)")
     p.add_argument("--l2", choices=L2_MODES, default="warm",
                    help="warm (the seed's) or cold: a buffer larger than L2 is flushed before each replay")
-    p.add_argument("--calls-per-graph", type=_positive_int,
+    p.add_argument("--calls-per-graph", type=positive_int,
                    help="calls captured per CUDA graph (default 10 on GPU with warm L2; 1 with "
                         "cold L2, where only a graph's first call would see the flushed cache, "
                         "and with the CPU timer)")
-    p.add_argument("--replays", type=_positive_int, default=100, help="timed replays (samples)")
+    p.add_argument("--replays", type=positive_int, default=100, help="timed replays (samples)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--json", metavar="PATH", help="write results (with samples) as JSON, after every point")
     p.add_argument("--csv", metavar="PATH", help="write one row per point and op")
@@ -96,7 +77,7 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="spread points over every GPU of a local Ray cluster (one worker per GPU)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="spread points over an existing Ray cluster (e.g. auto, ray://host:10001)")
-    p.add_argument("--ray-workers", type=_positive_int, metavar="N",
+    p.add_argument("--ray-workers", type=positive_int, metavar="N",
                    help="Ray workers (default: one per GPU of the cluster; one per node where it "
                         "has no GPU, each timing on the CPU)")
     return p

@@ -78,9 +78,18 @@ def _read(url: str) -> str | None:
         path = Path(url2pathname(urlsplit(url).path))
         path = path / "index.html" if url.endswith("/") else path
         return path.read_text() if path.is_file() else None
+    resp = _open(url, url)
+    if resp is None:
+        return None
+    with resp:
+        return resp.read().decode("utf-8", "replace")
+
+
+def _open(url: str, request: str | urllib.request.Request):
+    """urlopen, but None where the resource does not exist (404, or S3's 403 for a missing key);
+    any other failure is a WheelError naming the URL."""
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
-            return resp.read().decode("utf-8", "replace")
+        return urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as exc:
         if exc.code in (403, 404):
             return None
@@ -92,15 +101,11 @@ def _read(url: str) -> str | None:
 def _exists(url: str) -> bool:
     if _is_file(url):
         return Path(url2pathname(urlsplit(url).path)).is_file()
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=TIMEOUT_S):
-            return True
-    except urllib.error.HTTPError as exc:
-        if exc.code in (403, 404):
-            return False
-        raise WheelError(f"{url}: HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
-        raise WheelError(f"cannot reach {url}: {exc.reason}") from None
+    resp = _open(url, urllib.request.Request(url, method="HEAD"))
+    if resp is None:
+        return False
+    resp.close()
+    return True
 
 
 class _Links(HTMLParser):

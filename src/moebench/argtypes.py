@@ -1,0 +1,26 @@
+"""argparse value types shared by the CLI's subcommands: an integer flag with a lower bound."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A ``type=`` for argparse: an integer >= ``minimum``, else argparse's usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be > 0, got {value}" if minimum == 1 else f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
