@@ -523,6 +523,17 @@ def _prepare_topk_ids(self, topk_ids: torch.Tensor) -> torch.Tensor:
     return topk_ids_int32
 
 
+def _scratch_era_api(ops, scratch_cls) -> dict[str, Any]:
+    """Eras D–F: the same moe_permute/moe_unpermute signatures; only MoEPermuteScratch differs."""
+
+    def moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1, expert_map=None,
+                    permuted_hidden_states=None, scratch=None):
+        return _permute_c_body(ops, hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert, expert_map,
+                               permuted_hidden_states, scratch)
+
+    return {"MoEPermuteScratch": scratch_cls, "moe_permute": moe_permute, "moe_unpermute": _unpermute_b_api(ops)}
+
+
 def _era_d(ops) -> dict[str, Any]:
     @dataclass
     class MoEPermuteScratch:  # v1 (0.23–0.31)
@@ -562,12 +573,7 @@ def _era_d(ops) -> dict[str, Any]:
 
         prepare_topk_ids = _prepare_topk_ids
 
-    def moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1, expert_map=None,
-                    permuted_hidden_states=None, scratch=None):
-        return _permute_c_body(ops, hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert, expert_map,
-                               permuted_hidden_states, scratch)
-
-    return {"MoEPermuteScratch": MoEPermuteScratch, "moe_permute": moe_permute, "moe_unpermute": _unpermute_b_api(ops)}
+    return _scratch_era_api(ops, MoEPermuteScratch)
 
 
 def _era_f(ops) -> dict[str, Any]:
@@ -597,12 +603,7 @@ def _era_f(ops) -> dict[str, Any]:
 
         prepare_topk_ids = _prepare_topk_ids
 
-    def moe_permute(hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert=-1, expert_map=None,
-                    permuted_hidden_states=None, scratch=None):
-        return _permute_c_body(ops, hidden_states, a1q_scale, topk_ids, n_expert, n_local_expert, expert_map,
-                               permuted_hidden_states, scratch)
-
-    return {"MoEPermuteScratch": MoEPermuteScratch, "moe_permute": moe_permute, "moe_unpermute": _unpermute_b_api(ops)}
+    return _scratch_era_api(ops, MoEPermuteScratch)
 
 
 _API = {"A": _era_a, "B": _era_b, "B'": _era_b2, "C": _era_c, "D": _era_d, "F": _era_f}
