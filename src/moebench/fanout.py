@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import BadInput
+from .errors import BadInput, one_line
 from .gpustate import Nvml
 from .impls import implementations
 from .results import FAILED, Point, PointResult, ResultsFile
@@ -62,7 +62,7 @@ def _ray():
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
-    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+    return one_line(exc, limit) or type(exc).__name__
 
 
 @dataclass(frozen=True)

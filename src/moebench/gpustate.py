@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import one_line
+
 # NVML clocks-event (throttle) reason bits that mean the number is not the card's normal speed.
 # GPU idle (0x1), application clocks (0x2), sync boost (0x10) and display clocks (0x100) are not
 # slowdowns of a running kernel.
@@ -52,7 +54,7 @@ class Nvml:
             self._nv = pynvml
         except Exception as exc:  # no library, no driver, no permission: state is just unknown
             self._nv = None
-            self.error = f"NVML unavailable: {' '.join(str(exc).split())[:120]}"
+            self.error = f"NVML unavailable: {one_line(exc, 120)}"
         self._handles: dict[int, object] = {}
 
     def _handle(self, device: torch.device):
@@ -82,5 +84,5 @@ class Nvml:
                 throttle_reasons=decode_reasons(reasons_fn(h)),
             )
         except Exception as exc:
-            self.error = f"NVML read failed: {' '.join(str(exc).split())[:120]}"
+            self.error = f"NVML read failed: {one_line(exc, 120)}"
             return None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import BadInput
+from .errors import BadInput, one_line
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -173,7 +173,7 @@ def resolve(model: str, trust_remote_code: bool = False) -> MoEShape:
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError/ValueError/KeyError variously
-        reason = " ".join(str(exc).split())[:300]
+        reason = one_line(exc)
         if source == "hub":
             raise BadInput(
                 f"unknown model {model!r}: not a local directory with config.json, not a "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import one_line
+
 DTYPE_MODES = ("auto", "fp8_w8a8", "int8_w8a16")
 FP8_MAX_E4M3 = 448.0
 # DeepGEMM-style grouped GEMMs want each expert's rows aligned to 128 for fp8.
@@ -39,7 +41,7 @@ def unsupported_reason(mode: str, device: torch.device) -> str | None:
         try:
             torch.ones(16, device=device).to(fp8_dtype())
         except (RuntimeError, TypeError) as exc:
-            return f"float8 casts fail on {device.type}: {' '.join(str(exc).split())[:120]}"
+            return f"float8 casts fail on {device.type}: {one_line(exc, 120)}"
     return None
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 
 from .check import check_permute, check_unpermute
-from .errors import BadInput
+from .errors import BadInput, one_line
 from .gpustate import Nvml
 from .impls import Implementation
 from .impls.base import Run
@@ -121,7 +121,7 @@ def run_point(point: Point, impl: Implementation, device: torch.device, timer: T
     except Exception as exc:  # one point's failure must not lose the sweep
         if _is_oom(exc):
             return replace(base, status=FAILED, reason=f"{OOM_PREFIX} at {point.num_tokens} tokens")
-        return replace(base, status=FAILED, reason=f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        return replace(base, status=FAILED, reason=f"{type(exc).__name__}: {one_line(exc)}")
     finally:
         if run is not None:
             run.close()

@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from .errors import one_line
+
 L2_MODES = ("warm", "cold")
 CPU_FLUSH_BYTES = 64 << 20
 
@@ -74,7 +76,7 @@ def time_cuda_graph(fn: Callable[[], None], device: torch.device, cfg: TimerConf
                     fn()
         except RuntimeError as exc:
             torch.cuda.synchronize()
-            raise NotCapturable(" ".join(str(exc).split())[:200]) from exc
+            raise NotCapturable(one_line(exc, 200)) from exc
         try:
             for _ in range(cfg.warmup):
                 graph.replay()
