@@ -180,10 +180,7 @@ def cmd_sweep(argv: Sequence[str]) -> int:
         device = _device(args.device)
 
     from .impls import implementations
-    from .impls.vllm import check_library_path
 
-    if args.vllm_ops_library:
-        check_library_path(args.vllm_ops_library)
     registry = implementations(args.vllm_ops_library)
     names, notes = _select_impls(args, registry, device)
     for note in notes:
@@ -255,12 +252,10 @@ def cmd_info(argv: Sequence[str]) -> int:
 def cmd_impls(argv: Sequence[str]) -> int:
     args = impls_parser().parse_args(argv)
     from .impls import implementations
-    from .impls.vllm import check_library_path
 
-    if args.vllm_ops_library:
-        check_library_path(args.vllm_ops_library)
     device = _device(args.device)
-    for name, impl in implementations(args.vllm_ops_library).items():
+    registry = implementations(args.vllm_ops_library)
+    for name, impl in registry.items():
         why = impl.unavailable("auto", device)
         print(f"{name:22s} {impl.layout:9s} {'available' if why is None else 'unavailable: ' + why}")
     return 0

@@ -16,8 +16,12 @@ ALL = STANDARD_PATH + CUSTOM_PATH
 
 
 def implementations(vllm_ops_library: str | None = None) -> dict[str, Implementation]:
-    """Every implementation by name, in ``ALL`` order."""
-    from .vllm import vllm_implementations
+    """Every implementation by name, in ``ALL`` order. A ``vllm_ops_library`` that is missing or
+    not a shared library is BadInput here, so every front end rejects it the same way."""
+    from .vllm import check_library_path, vllm_implementations
+
+    if vllm_ops_library:
+        check_library_path(vllm_ops_library)
 
     found = [ReferenceStandard(), ReferenceCustom(), *vllm_implementations(vllm_ops_library)]
     by_name = {i.name: i for i in found}
