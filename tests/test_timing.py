@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from conftest import gpu
-from moebench.stats import summarize
-from moebench.timing import NotCapturable, TimerConfig, clock_name, time_cuda_graph, time_host
+from moebench import sweep
+from moebench.gpustate import Nvml
+from moebench.roofline import Ceiling
+from moebench.stats import steady, summarize
+from moebench.timing import (HOLD_S, MAX_HOLD_S, HostStalls, NotCapturable, TimerConfig, clock_name, time_cuda_graph,
+                             time_host)
 
 CPU = torch.device("cpu")
 
@@ -36,6 +40,8 @@ def test_cold_l2_flushes_between_samples_on_cpu():
 
 
 def test_config_rejects_nonsense():
+    with pytest.raises(ValueError):
+        TimerConfig(hold_s=-1e-6)
     with pytest.raises(ValueError):
         TimerConfig(l2="lukewarm")
     with pytest.raises(ValueError):
@@ -79,3 +85,97 @@ def test_graph_timer_reports_uncapturable_calls():
     x = torch.ones(4, device=dev)
     with pytest.raises(NotCapturable):
         time_cuda_graph(lambda: x.sum().item(), dev, TimerConfig(replays=2))
+    # The process is still usable: the next point of a sweep is timed as usual.
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert len(time_cuda_graph(lambda: x.mul_(1), dev, TimerConfig(replays=3))) == 3
+
+
+def test_steady_accepts_clock_resolution_and_two_percent():
+    # 19 µs median, 10 calls per graph: 2 % + 2 ticks of 0.05 µs = 0.48 µs of IQR accepted.
+    assert steady(0.48, 19.0, 0.05)
+    assert not steady(0.50, 19.0, 0.05)
+    # A 3 µs cold-L2 point (1 call per graph) lives with the event clock's 0.5 µs ticks.
+    assert steady(1.0, 3.0, 0.5) and not steady(1.1, 3.0, 0.5)
+
+
+def _scripted_measure(monkeypatch, batches):
+    """Replace the timer by one that returns the given sample batches in turn."""
+    calls = iter(batches)
+    monkeypatch.setattr(sweep, "measure", lambda fn, device, timer: next(calls))
+
+
+STEADY = [19e-6 + i * 1e-9 for i in range(40)]  # IQR 0.02 µs
+DISTURBED = [19e-6 * (1 + (i % 4) * 0.1) for i in range(40)]  # IQR ~20 % of the median
+
+
+def _op(device):
+    ceil = Ceiling(device="x", bytes_per_s=1e12, method="torch-copy")
+    return sweep._time_op("unpermute", lambda: None, device, TimerConfig(calls_per_graph=10),
+                          1_000_000, ceil, Nvml())
+
+
+def test_disturbed_gpu_measurement_is_taken_again_and_the_steady_one_kept(monkeypatch):
+    _scripted_measure(monkeypatch, [DISTURBED, STEADY, DISTURBED])
+    op = _op(torch.device("cuda"))
+    assert op.attempts == 2
+    assert op.median_us == pytest.approx(summarize(STEADY).median_us, rel=1e-4)
+    assert sweep._unsteady([op], 10) is None
+
+
+def test_gpu_point_unsteady_after_every_attempt_has_no_number(monkeypatch):
+    worse = [x * 1.5 if i % 2 else x for i, x in enumerate(DISTURBED)]
+    _scripted_measure(monkeypatch, [worse, DISTURBED, worse])
+    op = _op(torch.device("cuda"))
+    assert op.attempts == sweep.ATTEMPTS
+    assert op.median_us == pytest.approx(summarize(DISTURBED).median_us, rel=1e-4)  # the steadiest
+    why = sweep._unsteady([op], 10)
+    assert why.startswith("unpermute timing unsteady: IQR ") and "of 3 measurements" in why
+
+
+def test_host_clock_is_measured_once(monkeypatch):
+    _scripted_measure(monkeypatch, [DISTURBED])
+    assert _op(CPU).attempts == 1
+
+
+@gpu
+def test_host_launch_delay_is_not_in_the_samples(monkeypatch):
+    """A replay launched 50 µs late (a host stall) leaves the samples as they were: the GPU hold
+    covers it. vLLM's recipe (hold_s=0) adds the stall, 5 µs per call here."""
+    dev = torch.device("cuda")
+    src = torch.randn(1 << 20, device=dev)
+    dst = torch.empty_like(src)
+    cfg = TimerConfig(calls_per_graph=10, replays=50)
+    vllm_recipe = TimerConfig(calls_per_graph=10, replays=50, hold_s=0)
+
+    def median(c: TimerConfig) -> float:
+        return summarize(time_cuda_graph(lambda: dst.copy_(src), dev, c)).median_us
+    quiet, quiet_vllm = median(cfg), median(vllm_recipe)
+    replay = torch.cuda.CUDAGraph.replay
+
+    def late(self):
+        time.sleep(50e-6)
+        replay(self)
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", late)
+    assert median(cfg) < quiet + 0.5  # µs per call
+    assert median(vllm_recipe) > quiet_vllm + 4.0
+
+
+@gpu
+def test_slow_launches_lengthen_the_hold_and_endless_stalls_are_refused(monkeypatch):
+    dev = torch.device("cuda")
+    src = torch.randn(1 << 20, device=dev)
+    dst = torch.empty_like(src)
+    cfg = TimerConfig(calls_per_graph=10, replays=20)
+    quiet = summarize(time_cuda_graph(lambda: dst.copy_(src), dev, cfg)).median_us
+    replay = torch.cuda.CUDAGraph.replay
+    delay = [0.0]
+
+    def slow(self):
+        time.sleep(delay[0])
+        replay(self)
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", slow)
+    delay[0] = 2 * HOLD_S  # a launch slower than the first hold: retaken behind longer ones
+    assert summarize(time_cuda_graph(lambda: dst.copy_(src), dev, cfg)).median_us < quiet + 0.5
+    delay[0] = 2 * MAX_HOLD_S  # slower than any hold
+    with pytest.raises(HostStalls, match=r"21 replays were launched later than their GPU hold \(up to 10.0 ms; 0 clean\)"):
+        time_cuda_graph(lambda: dst.copy_(src), dev, cfg)

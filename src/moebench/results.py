@@ -62,15 +62,17 @@ class OpResult:
     gbps: float
     pct_of_floor: float  # floor / median: 100 % means the op runs at the copy bandwidth
     gpu_state: GpuState | None = None
+    attempts: int = 1  # measurements taken: more than 1 when a disturbed one was taken again
 
     @classmethod
     def from_samples(cls, op: str, samples_s: list[float], bytes_moved: int, floor_us: float,
-                     gpu_state: GpuState | None) -> "OpResult":
+                     gpu_state: GpuState | None, attempts: int = 1) -> "OpResult":
         s = summarize(samples_s)
         return cls(op=op, samples_us=tuple(round(x * 1e6, 4) for x in samples_s),
                    median_us=s.median_us, q1_us=s.q1_us, q3_us=s.q3_us, bytes_moved=bytes_moved,
                    floor_us=floor_us, gbps=bytes_moved / s.median_us * 1e-3,
-                   pct_of_floor=100.0 * floor_us / s.median_us, gpu_state=gpu_state)
+                   pct_of_floor=100.0 * floor_us / s.median_us, gpu_state=gpu_state,
+                   attempts=attempts)
 
     @property
     def iqr_us(self) -> float:
@@ -146,7 +148,7 @@ class ResultsFile:
 
 CSV_COLUMNS = [f.name for f in fields(Point)] + [
     "status", "reason", "device", "clock", "node", "calls_per_graph", "op", "median_us", "q1_us",
-    "q3_us", "n_samples", "bytes_moved", "floor_us", "gbps", "pct_of_floor", "sm_clock_mhz",
+    "q3_us", "n_samples", "attempts", "bytes_moved", "floor_us", "gbps", "pct_of_floor", "sm_clock_mhz",
     "temperature_c", "throttle_reasons",
 ]
 
@@ -162,6 +164,7 @@ def csv_rows(results: Iterable[PointResult]) -> Iterable[dict[str, Any]]:
             gs = o.gpu_state
             yield {**base, "op": o.op, "median_us": round(o.median_us, 4), "q1_us": round(o.q1_us, 4),
                    "q3_us": round(o.q3_us, 4), "n_samples": len(o.samples_us),
+                   "attempts": o.attempts,
                    "bytes_moved": o.bytes_moved, "floor_us": round(o.floor_us, 4),
                    "gbps": round(o.gbps, 2), "pct_of_floor": round(o.pct_of_floor, 2),
                    "sm_clock_mhz": gs.sm_clock_mhz if gs else "",

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from statistics import quantiles
 from typing import Sequence
 
+# A steady GPU measurement's IQR is well under 1 % of its median (docs/measurements.md); one that a
+# clock change or another tenant disturbed reads several percent. Accepted: this much, plus two
+# ticks of the clock that took the samples (CUDA events resolve ~0.5 µs per replay).
+STABLE_REL_IQR = 0.02
+EVENT_TICK_S = 0.5e-6
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -26,6 +32,11 @@ class Summary:
     def rel_iqr(self) -> float:
         """IQR over median: the noise figure compared against thresholds."""
         return self.iqr_us / self.median_us if self.median_us > 0 else float("nan")
+
+
+def steady(iqr_us: float, median_us: float, tick_us: float) -> bool:
+    """Whether a spread (IQR) is what a steady device and the clock's resolution explain."""
+    return iqr_us <= STABLE_REL_IQR * median_us + 2 * tick_us
 
 
 def summarize(samples_s: Sequence[float]) -> Summary:

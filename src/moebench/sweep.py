@@ -26,10 +26,12 @@ from .quant import act_dtype, fp8_dtype
 from .results import FAILED, OK, SKIPPED, OpResult, Point, PointResult
 from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
 from .routing import ExpertParallel, make_inputs
-from .timing import NotCapturable, TimerConfig, clock_name, measure
+from .stats import EVENT_TICK_S, STABLE_REL_IQR, steady, summarize
+from .timing import HostStalls, NotCapturable, TimerConfig, clock_name, measure
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 OOM_PREFIX = "out of memory"
+ATTEMPTS = 3  # measurements of one op before a disturbed point is given up as unsteady
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,29 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: TimerConfig,
              nbytes: int, ceiling: Ceiling, nvml: Nvml) -> OpResult:
-    samples = measure(fn, device, timer)
-    return OpResult.from_samples(op, samples, nbytes, floor_us(nbytes, ceiling), nvml.read(device))
+    """On the GPU clock, a measurement whose spread is not ``stats.steady`` (a clock change or
+    another tenant disturbed it) is taken again, up to ``ATTEMPTS`` times; the steadiest is kept.
+    The host clock is not gated: CPU numbers are labelled ``cpu`` and exist for testing."""
+    tick_us = EVENT_TICK_S * 1e6 / timer.calls_per_graph
+    taken: list[tuple[float, list[float]]] = []  # (IQR / median, samples) per measurement
+    for _ in range(ATTEMPTS if device.type == "cuda" else 1):
+        samples = measure(fn, device, timer)
+        s = summarize(samples)
+        taken.append((s.rel_iqr, samples))
+        if steady(s.iqr_us, s.median_us, tick_us):
+            break
+    best = min(taken, key=lambda t: t[0])[1]
+    return OpResult.from_samples(op, best, nbytes, floor_us(nbytes, ceiling), nvml.read(device), len(taken))
+
+
+def _unsteady(ops: Iterable[OpResult], calls_per_graph: int) -> str | None:
+    """Why a GPU point gives no number: an op still unsteady after every attempt."""
+    tick_us = EVENT_TICK_S * 1e6 / calls_per_graph
+    for o in ops:
+        if not steady(o.iqr_us, o.median_us, tick_us):
+            return (f"{o.op} timing unsteady: IQR {o.iqr_us / o.median_us:.1%} of the median in the steadiest of "
+                    f"{o.attempts} measurements (accepted: {STABLE_REL_IQR:.0%} + 2 clock ticks)")
+    return None
 
 
 def _gate(inputs, run: Run) -> str | None:
@@ -115,9 +138,13 @@ def run_point(point: Point, impl: Implementation, device: torch.device, timer: T
         # Replays must leave the same, correct outputs as the eager calls did.
         if (why := _gate(inputs, run)) is not None:
             return replace(base, status=FAILED, reason=f"after timing: {why}")
+        if device.type == "cuda" and (why := _unsteady(ops, timer.calls_per_graph)) is not None:
+            return replace(base, status=FAILED, reason=why, ops=ops)  # samples kept, no number
         return replace(base, ops=ops)
     except NotCapturable as exc:
         return replace(base, status=FAILED, reason=f"not capturable in a CUDA graph: {exc}")
+    except HostStalls as exc:
+        return replace(base, status=FAILED, reason=str(exc))
     except Exception as exc:  # one point's failure must not lose the sweep
         if _is_oom(exc):
             return replace(base, status=FAILED, reason=f"{OOM_PREFIX} at {point.num_tokens} tokens")

@@ -2,9 +2,19 @@
 
 CUDA: ``fn`` is warmed up on a side stream, ``calls_per_graph`` calls are captured into one graph,
 the graph is replayed ``warmup`` times, then ``replays`` times each bracketed by a pair of events:
-each replay gives one sample of (elapsed / calls_per_graph). Launch overhead of the graph (~12 µs)
-is amortised over the calls, which is why tiny kernels need several calls per graph. With
-``l2="cold"`` a buffer twice the L2 size is overwritten before every replay, outside the events.
+each replay gives one sample of (elapsed / calls_per_graph). Several calls per graph amortise the
+GPU-side cost of starting a graph, which is why tiny kernels need them. With ``l2="cold"`` a
+buffer twice the L2 size is overwritten before every replay, outside the events.
+
+The host never appears in a sample. Recording the start event on an idle stream and then launching
+the graph (vLLM's recipe) times the host's launch latency too, and every host stall between the two
+calls (the GIL, the scheduler, another process): on an H100 that made one run of a 19 µs kernel
+read 23 µs. So each replay is queued behind a GPU *hold* (``torch.cuda._sleep`` of at least
+``HOLD_S``; nvbench's blocking kernel does the same): the start event fires when the hold ends,
+with the graph already queued behind it. A replay whose launch took the host longer than the hold
+could contain idle time: it is discarded and taken again behind a hold twice as long (up to
+``MAX_HOLD_S``; launching a graph of a few hundred nodes takes the host ~150-250 µs), and a timer
+that cannot get ``replays`` clean samples within as many retakes raises ``HostStalls``.
 
 CPU (no CUDA device): the same loop with ``time.perf_counter`` around ``calls_per_graph`` direct
 calls. Samples are labelled ``cpu`` by the caller and never mixed with GPU numbers. The CPU loop
@@ -14,6 +24,7 @@ can take milliseconds; the number of samples taken is part of the result.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +35,8 @@ from .errors import one_line
 
 L2_MODES = ("warm", "cold")
 CPU_FLUSH_BYTES = 64 << 20
+HOLD_S = 100e-6  # launching a graph of a few kernels takes the host ~5-50 µs
+MAX_HOLD_S = 10e-3  # a graph of many nodes takes a few hundred; a late replay doubles the hold
 
 
 @dataclass(frozen=True)
@@ -34,16 +47,38 @@ class TimerConfig:
     l2: str = "warm"
     max_seconds: float = 0.5  # host timer only
     min_replays: int = 5  # host timer only
+    hold_s: float = HOLD_S  # CUDA: 0 = vLLM's recipe, host launch latency in every sample
 
     def __post_init__(self) -> None:
-        if self.calls_per_graph < 1 or self.replays < 1 or self.warmup < 0:
-            raise ValueError("calls_per_graph and replays must be >= 1, warmup >= 0")
+        if self.calls_per_graph < 1 or self.replays < 1 or self.warmup < 0 or self.hold_s < 0:
+            raise ValueError("calls_per_graph and replays must be >= 1, warmup and hold_s >= 0")
         if self.l2 not in L2_MODES:
             raise ValueError(f"l2 must be one of {L2_MODES}, got {self.l2!r}")
 
 
 class NotCapturable(RuntimeError):
     """The callable cannot be captured in a CUDA graph (host sync, data-dependent allocation)."""
+
+
+class HostStalls(RuntimeError):
+    """The host launched too many replays later than their GPU hold: samples would include it."""
+
+
+@functools.cache
+def _sleep_cycles_per_s(index: int) -> float:
+    """How many cycles of ``torch.cuda._sleep`` make a second at the card's highest clock: the
+    fastest of a few timed sleeps (a cold card starts slow), so a hold is never shorter than asked."""
+    n = 1 << 20
+    fastest = float("inf")
+    with torch.cuda.device(index):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(4):
+            start.record()
+            torch.cuda._sleep(n)
+            end.record()
+            end.synchronize()
+            fastest = min(fastest, start.elapsed_time(end) * 1e-3)
+    return n / fastest
 
 
 def _l2_flusher(device: torch.device, l2: str) -> Callable[[], None] | None:
@@ -70,29 +105,49 @@ def time_cuda_graph(fn: Callable[[], None], device: torch.device, cfg: TimerConf
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph):
                 for _ in range(cfg.calls_per_graph):
                     fn()
         except RuntimeError as exc:
+            # torch.cuda.graph's exit raises before it restores the current stream: without this,
+            # every later CUDA call of the process would go to the dead capture stream.
+            torch.cuda.set_stream(stream)
             torch.cuda.synchronize()
             raise NotCapturable(one_line(exc, 200)) from exc
         try:
             for _ in range(cfg.warmup):
                 graph.replay()
             torch.cuda.synchronize()
+            hold_s = cfg.hold_s
+            cycles_per_s = _sleep_cycles_per_s(torch.cuda.current_device()) if hold_s else 0.0
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
-            samples = []
-            for _ in range(cfg.replays):
+            samples: list[float] = []
+            late = 0
+            while len(samples) < cfg.replays:
                 if flush is not None:
                     flush()
-                torch.cuda.synchronize()
+                t0 = time.perf_counter()  # the hold cannot start on the GPU before this
+                if hold_s:
+                    torch.cuda._sleep(int(hold_s * cycles_per_s))
+                else:
+                    torch.cuda.synchronize()  # vLLM's recipe: the start event on an idle stream
                 start.record()
                 graph.replay()
+                queued = time.perf_counter() - t0
                 end.record()
                 end.synchronize()
-                samples.append(start.elapsed_time(end) * 1e-3 / cfg.calls_per_graph)
+                if not hold_s or queued < hold_s:
+                    samples.append(start.elapsed_time(end) * 1e-3 / cfg.calls_per_graph)
+                    continue
+                # Late: a big graph's launch (hundreds of µs) or a stall. Retake behind a longer hold.
+                late += 1
+                if late > cfg.replays:
+                    raise HostStalls(f"{late} replays were launched later than their GPU hold (up to "
+                                     f"{hold_s * 1e3:.1f} ms; {len(samples)} clean): the host is too busy to time on")
+                hold_s = min(2 * hold_s, MAX_HOLD_S)
         finally:
             graph.reset()
     return samples
