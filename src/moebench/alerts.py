@@ -372,14 +372,26 @@ class Finding:
         }
 
 
-def _value(x: float, unit: str) -> str:
-    from asv.util import human_value
+_SECONDS = ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns"))
 
-    return human_value(x, unit) if math.isfinite(x) else str(x)
+
+def _scaled(x: float, unit: str) -> tuple[float, str]:
+    """Divisor and unit name to print ``x`` (and numbers near it) in: seconds get a prefix."""
+    if unit == "seconds" and math.isfinite(x) and x > 0:
+        return next(((f, n) for f, n in _SECONDS if x >= f), _SECONDS[-1])
+    return 1.0, unit
+
+
+def _value(x: float, unit: str) -> str:
+    factor, name = _scaled(x, unit)
+    return f"{x / factor:#.4g} {name}".strip()
 
 
 def _interval(iv: Interval, unit: str) -> str:
-    return f"{_value(iv.median, unit)} [{_value(iv.lo, unit)}, {_value(iv.hi, unit)}]"
+    """Four significant digits on one scale: a 0.1 % interval stays visible (18.81 [18.79,
+    18.83] µs), which asv's three-digit ``human_value`` would print as 18.8 [18.8, 18.8]."""
+    factor, name = _scaled(iv.median, unit)
+    return f"{iv.median / factor:#.4g} [{iv.lo / factor:#.4g}, {iv.hi / factor:#.4g}] {name}".strip()
 
 
 def finding_markdown(f: Finding, links: Links) -> str:
