@@ -19,18 +19,8 @@
 #     importlib_metadata==10.2.0 zipp==4.1.2 lazy_importer==0.1.0 packaging==26.4
 # Then: run(command="bash scripts/gpu_asv.sh", carry=[".whl-asv", ".vllm-ops/0.33.0"], timeout_s=600)
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .whl-asv/*.whl || exit 1
-# asv's discovery and benchmark processes do not see PYTHONPATH's src/ entry, but they do import
-# from /tmp/site (where asv_runner lives): put the package there too.
-ln -sfn "$PWD/src/moebench" /tmp/site/moebench
-# ... and asv may start them without PYTHONPATH at all: a .pth file in the interpreter's own
-# site-packages is read by every process of that interpreter (the machine is thrown away after).
-python3 -c 'import site, sys; open(site.getsitepackages()[0] + "/moebench-src.pth", "w").write("\n".join(sys.argv[1:]) + "\n")' "$PWD/src" /tmp/site
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1
+source scripts/device_asv_env.sh
 export MOEBENCH_VLLM_OPS_LIBRARY=$PWD/.vllm-ops/0.33.0/_moe_C_stable_libtorch.abi3.so
-export HOME=$(mktemp -d)  # asv's machine file and the roofline cache start empty, as on a fresh runner
-command -v git >/dev/null || { echo "no git here: asv needs it for the stand-in project repository"; exit 1; }
 FINAL=${OUT:-out}
 W=$(mktemp -d)/asv
 mkdir -p "$W" "$FINAL"
