@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+from rich.console import Console
 
 from moebench.errors import BadInput
 from moebench.gpustate import GpuState, decode_reasons
+from moebench.report import print_report
 from moebench.results import OK, SKIPPED, OpResult, Point, PointResult, ResultsFile, csv_rows, load
 from moebench.roofline import Ceiling, floor_us, permute_bytes, unpermute_bytes
 
@@ -70,3 +73,24 @@ def test_roofline_bytes():
 def test_throttle_reason_decoding():
     assert decode_reasons(0x1 | 0x2) == ()  # idle / app clocks are not slowdowns
     assert decode_reasons(0x4 | 0x40) == ("sw_power_cap", "hw_thermal")
+
+
+def test_files_from_before_attempts_load_as_one_measurement(tmp_path):
+    path = tmp_path / "old.json"
+    ResultsFile(path, {}).add(_result(1))
+    data = json.loads(path.read_text())
+    del data["results"][0]["ops"][0]["attempts"]
+    path.write_text(json.dumps(data))
+    assert load(path)[1][0].op("permute").attempts == 1
+
+
+def test_report_marks_ops_that_were_measured_again():
+    r = _result(16)
+    again = replace(r, ops=(replace(r.ops[0], attempts=2),))
+    console = Console(record=True, width=200)
+    print_report([again], "t", console)
+    text = console.export_text()
+    assert "20.00 ! ↻" in text and "↻ = measured again" in text
+    console = Console(record=True, width=200)
+    print_report([r], "t", console)
+    assert "↻" not in console.export_text()

@@ -16,7 +16,7 @@ def _cell(r: PointResult, op: str) -> list[str]:
     o = r.op(op)
     if o is None:
         return ["-", "-", "-", "-"]
-    flag = " !" if o.throttled else ""
+    flag = (" !" if o.throttled else "") + (" ↻" if o.attempts > 1 else "")
     return [f"{o.median_us:.2f}{flag}", f"{o.iqr_us:.2f}", f"{o.gbps:.0f}", f"{o.pct_of_floor:.0f}%"]
 
 
@@ -62,6 +62,9 @@ def print_report(results: list[PointResult], title: str, console: Console) -> No
     console.print(table(results, title))
     if any(o.throttled for r in results for o in r.ops):
         console.print("[yellow]! = the GPU reported throttling (power/thermal) during this op[/yellow]")
+    if any(o.attempts > 1 for r in results for o in r.ops):
+        console.print("[yellow]↻ = measured again: an earlier measurement of this op was disturbed "
+                      "(IQR above 2 % of the median + 2 clock ticks)[/yellow]")
     for line in skipped_lines(results):
         console.print(f"[dim]{line}[/dim]")
 
