@@ -9,7 +9,7 @@ import torch
 
 from conftest import gpu
 from moebench import sweep
-from moebench.gpustate import Nvml
+from moebench.gpustate import GpuState, Nvml
 from moebench.roofline import Ceiling
 from moebench.stats import steady, summarize
 from moebench.timing import (HOLD_S, MAX_HOLD_S, HostStalls, NotCapturable, TimerConfig, clock_name, time_cuda_graph,
@@ -108,10 +108,21 @@ STEADY = [19e-6 + i * 1e-9 for i in range(40)]  # IQR 0.02 µs
 DISTURBED = [19e-6 * (1 + (i % 4) * 0.1) for i in range(40)]  # IQR ~20 % of the median
 
 
-def _op(device):
+def _op(device, nvml=None):
     ceil = Ceiling(device="x", bytes_per_s=1e12, method="torch-copy")
     return sweep._time_op("unpermute", lambda: None, device, TimerConfig(calls_per_graph=10),
-                          1_000_000, ceil, Nvml())
+                          1_000_000, ceil, nvml or Nvml())
+
+
+class _ScriptedNvml:
+    """NVML as a card would answer after each measurement (fake: CI has no GPU)."""
+
+    def __init__(self, throttled: list[bool]) -> None:
+        self._states = iter(GpuState(1980 if not t else 1500, 1980, 60, 300.0, ("sw_power_cap",) if t else ())
+                            for t in throttled)
+
+    def read(self, device):
+        return next(self._states)
 
 
 def test_disturbed_gpu_measurement_is_taken_again_and_the_steady_one_kept(monkeypatch):
@@ -130,6 +141,19 @@ def test_gpu_point_unsteady_after_every_attempt_has_no_number(monkeypatch):
     assert op.median_us == pytest.approx(summarize(DISTURBED).median_us, rel=1e-4)  # the steadiest
     why = sweep._unsteady([op], 10)
     assert why.startswith("unpermute timing unsteady: IQR ") and "of 3 measurements" in why
+
+
+def test_throttled_gpu_measurement_is_taken_again(monkeypatch):
+    _scripted_measure(monkeypatch, [STEADY, STEADY])
+    op = _op(torch.device("cuda"), _ScriptedNvml([True, False]))
+    assert op.attempts == 2 and not op.throttled
+
+
+def test_throttled_every_time_keeps_the_steadiest_and_flags_it(monkeypatch):
+    _scripted_measure(monkeypatch, [DISTURBED, STEADY, DISTURBED])
+    op = _op(torch.device("cuda"), _ScriptedNvml([True, True, True]))
+    assert op.attempts == 3 and op.throttled
+    assert op.median_us == pytest.approx(summarize(STEADY).median_us, rel=1e-4)
 
 
 def test_host_clock_is_measured_once(monkeypatch):

@@ -18,7 +18,7 @@ import torch
 
 from .check import check_permute, check_unpermute
 from .errors import BadInput, one_line
-from .gpustate import Nvml
+from .gpustate import GpuState, Nvml
 from .impls import Implementation
 from .impls.base import Run
 from .models import MoEShape
@@ -76,18 +76,21 @@ def _is_oom(exc: BaseException) -> bool:
 def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: TimerConfig,
              nbytes: int, ceiling: Ceiling, nvml: Nvml) -> OpResult:
     """On the GPU clock, a measurement whose spread is not ``stats.steady`` (a clock change or
-    another tenant disturbed it) is taken again, up to ``ATTEMPTS`` times; the steadiest is kept.
+    another tenant disturbed it), or after which NVML reports throttling, is taken again, up to
+    ``ATTEMPTS`` times; an unthrottled one beats a throttled one, then the steadiest is kept.
     The host clock is not gated: CPU numbers are labelled ``cpu`` and exist for testing."""
     tick_us = EVENT_TICK_S * 1e6 / timer.calls_per_graph
-    taken: list[tuple[float, list[float]]] = []  # (IQR / median, samples) per measurement
+    taken: list[tuple[bool, float, list[float], GpuState | None]] = []  # (throttled, IQR / median, ...)
     for _ in range(ATTEMPTS if device.type == "cuda" else 1):
         samples = measure(fn, device, timer)
+        state = nvml.read(device)
         s = summarize(samples)
-        taken.append((s.rel_iqr, samples))
-        if steady(s.iqr_us, s.median_us, tick_us):
+        throttled = state is not None and state.throttled
+        taken.append((throttled, s.rel_iqr, samples, state))
+        if not throttled and steady(s.iqr_us, s.median_us, tick_us):
             break
-    best = min(taken, key=lambda t: t[0])[1]
-    return OpResult.from_samples(op, best, nbytes, floor_us(nbytes, ceiling), nvml.read(device), len(taken))
+    _, _, best, state = min(taken, key=lambda t: (t[0], t[1]))
+    return OpResult.from_samples(op, best, nbytes, floor_us(nbytes, ceiling), state, len(taken))
 
 
 def _unsteady(ops: Iterable[OpResult], calls_per_graph: int) -> str | None:
