@@ -153,8 +153,9 @@ def alerts(args: list[str], log: Path) -> dict:
 def spread(results: Path, html: Path, machine: str, same: list[str], slowed: str) -> list[dict]:
     """Per series: the same-code runs' medians, their spread, asv's CI, and the slowed run's ratio."""
     rows = []
+    order = Html.load(html)
     for s in load_series(results, [machine]):
-        by_commit = {m.commit: m for m in ordered(s, Html.load(html))}
+        by_commit = {m.commit: m for m in ordered(s, order)}
         runs = [Interval.of(by_commit[c].samples) for c in same if c in by_commit]
         if not runs:
             continue

@@ -382,16 +382,20 @@ def _scaled(x: float, unit: str) -> tuple[float, str]:
     return 1.0, unit
 
 
+def _numbers(template: str, values: Sequence[float], unit: str) -> str:
+    """``values`` with four significant digits on the first one's scale, filled into ``template``,
+    then the unit: a 0.1 % interval stays visible (18.81 [18.79, 18.83] µs), which asv's
+    three-digit ``human_value`` would print as 18.8 [18.8, 18.8]."""
+    factor, name = _scaled(values[0], unit)
+    return f"{template.format(*(f'{v / factor:#.4g}' for v in values))} {name}".strip()
+
+
 def _value(x: float, unit: str) -> str:
-    factor, name = _scaled(x, unit)
-    return f"{x / factor:#.4g} {name}".strip()
+    return _numbers("{}", [x], unit)
 
 
 def _interval(iv: Interval, unit: str) -> str:
-    """Four significant digits on one scale: a 0.1 % interval stays visible (18.81 [18.79,
-    18.83] µs), which asv's three-digit ``human_value`` would print as 18.8 [18.8, 18.8]."""
-    factor, name = _scaled(iv.median, unit)
-    return f"{iv.median / factor:#.4g} [{iv.lo / factor:#.4g}, {iv.hi / factor:#.4g}] {name}".strip()
+    return _numbers("{} [{}, {}]", [iv.median, iv.lo, iv.hi], unit)
 
 
 def finding_markdown(f: Finding, links: Links) -> str:

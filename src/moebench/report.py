@@ -63,8 +63,8 @@ def print_report(results: list[PointResult], title: str, console: Console) -> No
     if any(o.throttled for r in results for o in r.ops):
         console.print("[yellow]! = the GPU reported throttling (power/thermal) during this op[/yellow]")
     if any(o.attempts > 1 for r in results for o in r.ops):
-        console.print("[yellow]↻ = measured again: an earlier measurement of this op was disturbed "
-                      "(IQR above 2 % of the median + 2 clock ticks)[/yellow]")
+        console.print("[yellow]↻ = measured again: an earlier measurement of this op was unsteady "
+                      "or throttled[/yellow]")
     for line in skipped_lines(results):
         console.print(f"[dim]{line}[/dim]")
 

@@ -34,9 +34,10 @@ class Summary:
         return self.iqr_us / self.median_us if self.median_us > 0 else float("nan")
 
 
-def steady(iqr_us: float, median_us: float, tick_us: float) -> bool:
-    """Whether a spread (IQR) is what a steady device and the clock's resolution explain."""
-    return iqr_us <= STABLE_REL_IQR * median_us + 2 * tick_us
+def steady(iqr_us: float, median_us: float, calls_per_graph: int) -> bool:
+    """Whether a spread (IQR) of per-call samples is what a steady device and the event clock's
+    resolution explain (one tick per replay, spread over its calls)."""
+    return iqr_us <= STABLE_REL_IQR * median_us + 2 * EVENT_TICK_S * 1e6 / calls_per_graph
 
 
 def summarize(samples_s: Sequence[float]) -> Summary:

@@ -26,7 +26,7 @@ from .quant import act_dtype, fp8_dtype
 from .results import FAILED, OK, SKIPPED, OpResult, Point, PointResult
 from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
 from .routing import ExpertParallel, make_inputs
-from .stats import EVENT_TICK_S, STABLE_REL_IQR, steady, summarize
+from .stats import STABLE_REL_IQR, steady, summarize
 from .timing import HostStalls, NotCapturable, TimerConfig, clock_name, measure
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
@@ -79,7 +79,6 @@ def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: Timer
     another tenant disturbed it), or after which NVML reports throttling, is taken again, up to
     ``ATTEMPTS`` times; an unthrottled one beats a throttled one, then the steadiest is kept.
     The host clock is not gated: CPU numbers are labelled ``cpu`` and exist for testing."""
-    tick_us = EVENT_TICK_S * 1e6 / timer.calls_per_graph
     taken: list[tuple[bool, float, list[float], GpuState | None]] = []  # (throttled, IQR / median, ...)
     for _ in range(ATTEMPTS if device.type == "cuda" else 1):
         samples = measure(fn, device, timer)
@@ -87,7 +86,7 @@ def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: Timer
         s = summarize(samples)
         throttled = state is not None and state.throttled
         taken.append((throttled, s.rel_iqr, samples, state))
-        if not throttled and steady(s.iqr_us, s.median_us, tick_us):
+        if not throttled and steady(s.iqr_us, s.median_us, timer.calls_per_graph):
             break
     _, _, best, state = min(taken, key=lambda t: (t[0], t[1]))
     return OpResult.from_samples(op, best, nbytes, floor_us(nbytes, ceiling), state, len(taken))
@@ -95,9 +94,8 @@ def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: Timer
 
 def _unsteady(ops: Iterable[OpResult], calls_per_graph: int) -> str | None:
     """Why a GPU point gives no number: an op still unsteady after every attempt."""
-    tick_us = EVENT_TICK_S * 1e6 / calls_per_graph
     for o in ops:
-        if not steady(o.iqr_us, o.median_us, tick_us):
+        if not steady(o.iqr_us, o.median_us, calls_per_graph):
             return (f"{o.op} timing unsteady: IQR {o.iqr_us / o.median_us:.1%} of the median in the steadiest of "
                     f"{o.attempts} measurements (accepted: {STABLE_REL_IQR:.0%} + 2 clock ticks)")
     return None
