@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_vllm import MODULE_FILE, find_library  # this folder is on sys.path when a script runs
 
 from moebench import asvlocal
 from moebench.alerts import Html, Interval, load_series, ordered
@@ -173,9 +174,8 @@ def spread(results: Path, html: Path, machine: str, same: list[str], slowed: str
 def main(argv: list[str]) -> int:
     args = parse(argv)
     started = time.perf_counter()
-    library = str(next(args.release.glob("_moe_C*.so")).resolve())
-    release_file = args.release / "moe_permute_unpermute.py"
-    release_text = release_file.read_text()
+    library = str(find_library(args.release).resolve())
+    release_text = (args.release / MODULE_FILE).read_text()
     args.out.mkdir(parents=True, exist_ok=True)
     root = Path(os.environ.get("TMPDIR", "/tmp")) / "alerts-gpu"
     root.mkdir(parents=True, exist_ok=True)

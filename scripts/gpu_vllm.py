@@ -56,9 +56,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def find_library(directory: Path) -> Path:
+    """The one ``_moe_C*.so`` of a release folder (also used by hold_effect.py and gpu_alerts.py)."""
     found = sorted(directory.glob("_moe_C*.so"))
     if len(found) != 1:
-        sys.exit(f"gpu_vllm: error: expected one _moe_C*.so in {directory}, found {len(found)}")
+        sys.exit(f"error: expected one _moe_C*.so in {directory}, found {len(found)}")
     check_library_path(str(found[0]))
     return found[0]
 

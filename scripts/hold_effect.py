@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_vllm import find_library  # this folder is on sys.path when a script runs
 
 from moebench.gpustate import Nvml
 from moebench.impls import implementations
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     args = p.parse_args(argv)
     device = torch.device("cuda")
-    registry = implementations(str(next(args.release.glob("_moe_C*.so"))))
+    registry = implementations(str(find_library(args.release)))
     ceil, nvml = ceiling(device), Nvml()
     rows = []
     for l2 in ("warm", "cold"):
