@@ -1,7 +1,7 @@
 """Fan a sweep out over a Ray cluster: one worker per GPU, or per CPU slot where there is no GPU.
 
 Why: a sweep's points are independent, so N GPUs measure it about N times faster. The CLI
-(``--ray``, ``--ray-address``) and the asv suite (``measure_points``) share this one path.
+(``--ray``, ``--ray-address``) and the asv suite (``Pool``) share this one path.
 
 A worker is a Ray actor that does exactly what a single-GPU run does: it resolves its device (Ray
 sets CUDA_VISIBLE_DEVICES per actor, so ``cuda:0`` is its card; ``cpu`` with the host timer on a
@@ -406,7 +406,7 @@ def _death_reason(exc: BaseException) -> str:
     for pattern in (r"Worker exit detail: (.*?)(?: Some common causes|$)", r"The actor is dead because (.*)"):
         if found := re.search(pattern, text):
             return found.group(1)[:160]
-    return text[:160] or type(exc).__name__
+    return _one_line(exc, 160)
 
 
 def measure_points(points: Sequence[Point], timer: TimerConfig, *, vllm_ops_library: str | None = None,
@@ -414,7 +414,7 @@ def measure_points(points: Sequence[Point], timer: TimerConfig, *, vllm_ops_libr
                    console=None) -> list[PointResult]:
     """Measure ``points`` on every GPU of a Ray cluster at once; results in the order given.
 
-    For the asv suite (``setup_cache``): one call measures a commit's whole grid. ``address`` None
+    One call measures a whole grid under one timer. ``address`` None
     starts a local cluster on this machine (shut down again on return) unless this process is
     already connected to Ray. ``num_workers`` defaults to the cluster's GPU count (one per node
     without GPUs). A point whose workers died is a failed result with a ``lost:`` reason; the

@@ -146,12 +146,13 @@ def load_history(results: str | Path, benchmark: str, params: Sequence[str] = ()
     commits = tuple(dict.fromkeys(r[1] for r in runs))
     dates = {r[1]: int(r[0]) for r in runs}
     envs = sorted({r[2] for r in runs})
-    all_combos = list(itertools.product(*values))
+    combo_index = {c: i for i, c in enumerate(itertools.product(*values))}
+    commit_index = {c: i for i, c in enumerate(commits)}
 
     bands: set[str] = set()
     lines: list[Line] = []
     for env, combo in itertools.product(envs, combos):
-        idx = all_combos.index(combo)
+        idx = combo_index[combo]
         pts = []
         for date, commit, run_env, vals, stats in runs:
             v = vals[idx]
@@ -166,7 +167,7 @@ def load_history(results: str | Path, benchmark: str, params: Sequence[str] = ()
                 bands.add("99% CI")
             else:
                 lo = hi = v
-            pts.append((commits.index(commit), commit, v, lo, hi))
+            pts.append((commit_index[commit], commit, v, lo, hi))
         if not pts:
             continue  # never measured (skipped combination, e.g. unavailable implementation)
         label = ", ".join(f"{names[i]}={_value(combo[i])}" for i in varying) or benchmark

@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 from .errors import BadInput
 from .gpustate import GpuState
@@ -139,11 +139,17 @@ class ResultsFile:
 
     def write(self) -> None:
         payload = {"schema": SCHEMA, "meta": self.meta, "results": [asdict(r) for r in self.results]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, self.path)
+        _atomic_write(self.path, lambda f: json.dump(payload, f, indent=1))
+
+
+def _atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | None = None) -> None:
+    """Write through a temp file in the same folder and rename it over ``path``: a reader (or a
+    killed writer) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", newline=newline) as f:
+        fill(f)
+    os.replace(tmp, path)
 
 
 CSV_COLUMNS = [f.name for f in fields(Point)] + [
@@ -173,11 +179,8 @@ def csv_rows(results: Iterable[PointResult]) -> Iterable[dict[str, Any]]:
 
 
 def write_csv(path: str | Path, results: Iterable[PointResult]) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
-    with os.fdopen(fd, "w", newline="") as f:
+    def fill(f: IO[str]) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="")
         w.writeheader()
         w.writerows(csv_rows(results))
-    os.replace(tmp, p)
+    _atomic_write(Path(path), fill, newline="")

@@ -35,6 +35,7 @@ variables give the same parameter lists:
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import time
@@ -42,6 +43,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Mapping
 
+from .argtypes import positive_int
 from .errors import BadInput
 from .models import DEFAULT_MODEL
 
@@ -124,12 +126,9 @@ def _choose(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tupl
 
 def _positive(name: str, text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise BadInput(f"{name}: not an integer: {text!r}") from None
-    if value <= 0:
-        raise BadInput(f"{name}: must be > 0, got {value}")
-    return value
+        return positive_int(text)
+    except argparse.ArgumentTypeError as exc:
+        raise BadInput(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True)
