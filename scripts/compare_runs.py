@@ -20,10 +20,6 @@ import sys
 from moebench.results import OK, OPS, load
 
 
-def rel_iqr(o) -> float:
-    return (o.q3_us - o.q1_us) / o.median_us if o.median_us else math.inf
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("base")
@@ -60,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         for op in OPS:
             oa, ob = ra.op(op), rb.op(op)
             ratio = ob.median_us / oa.median_us
-            band = max(args.tolerance, rel_iqr(oa), rel_iqr(ob))
+            band = max(args.tolerance, oa.rel_iqr, ob.rel_iqr)
             ok = abs(ratio - 1) <= band
             disagree += not ok
             ratios.append(ratio)

@@ -192,7 +192,8 @@ def main(argv: list[str]) -> int:
               f"{c['release_us']:.2f} -> {c['slowed_us']:.2f} us ({c['slowdown']:+.1%})", flush=True)
     modules = {"release": root / "release" / "moe_permute_unpermute.py",
                "slowed": root / "slowed" / "moe_permute_unpermute.py"}
-    for name, text in (("release", release_text), ("slowed", slowed_module(release_text, rows))):
+    texts = {"release": release_text, "slowed": slowed_module(release_text, rows)}
+    for name, text in texts.items():
         modules[name].parent.mkdir(exist_ok=True)
         modules[name].write_text(text)
 
@@ -208,9 +209,8 @@ def main(argv: list[str]) -> int:
     commits, walls = [], []
     for k in range(1, args.runs + 2):
         which = "release" if k <= args.runs else "slowed"
-        text = modules[which].read_text()
         state = (asvlocal.environment_state() + f"{MODULE_ENV}: {which} "
-                 f"(sha256 {hashlib.sha256(text.encode()).hexdigest()[:16]})\nrun {k}\n")
+                 f"(sha256 {hashlib.sha256(texts[which].encode()).hexdigest()[:16]})\nrun {k}\n")
         commit = asvlocal.commit_state(repo, state)
         t0 = time.perf_counter()
         proc = asvlocal.run_commit(conf, commit, machine=machine, env={**env, MODULE_ENV: str(modules[which])},

@@ -19,7 +19,6 @@ Exit status: 0 when every vLLM point ran and passed, 1 otherwise, 2 on bad argum
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -32,11 +31,11 @@ from rich.console import Console
 
 from moebench.errors import BadInput
 from moebench.impls import implementations
-from moebench.impls.vllm import MODULE_ENV, check_library_path
+from moebench.impls.vllm import MODULE_ENV, check_library_path, file_sha256
 from moebench.models import resolve, shipped_models
 from moebench.results import FAILED, OK, SKIPPED
 from moebench.sweep import SweepSpec, run_sweep, validate_row_bytes
-from moebench.timing import TimerConfig
+from moebench.timing import TimerConfig, default_calls_per_graph
 
 MODULE_FILE = "moe_permute_unpermute.py"
 VLLM_IMPLS = ("vllm-ops", "vllm-custom", "vllm-custom-scratch")
@@ -97,11 +96,11 @@ def main(argv: list[str]) -> int:
     for name, why in available.items():
         err.print(f"{name}: {'available' if why is None else 'unavailable: ' + why}", soft_wrap=True)
     impls = ("reference-custom", "vllm-ops") + tuple(n for n in VLLM_IMPLS[1:] if available[n] is None)
-    timer = TimerConfig(calls_per_graph=10 if device.type == "cuda" else 1, replays=args.replays)
+    timer = TimerConfig(calls_per_graph=default_calls_per_graph(device, "warm"), replays=args.replays)
     out = args.out / f"vllm-{args.dir.name}"
     out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "library": str(library), "library_sha256": hashlib.sha256(library.read_bytes()).hexdigest(),
+        "library": str(library), "library_sha256": file_sha256(str(library)),
         "python_module": str(module) if module.is_file() else None, "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "binding": {n: i.binding_info(device) for n, i in vllm.items()},

@@ -42,8 +42,9 @@ def main(argv: list[str]) -> int:
     registry = implementations(str(find_library(args.release)))
     ceil, nvml = ceiling(device), Nvml()
     rows = []
+    shape = resolve(args.model)
     for l2 in ("warm", "cold"):
-        spec = SweepSpec(shape=resolve(args.model), dtype_modes=("auto",), impls=tuple(args.impls),
+        spec = SweepSpec(shape=shape, dtype_modes=("auto",), impls=tuple(args.impls),
                          batch_sizes=tuple(args.tokens), l2=l2)
         calls = default_calls_per_graph(device, l2)
         recipes = {"vllm": TimerConfig(calls_per_graph=calls, l2=l2, hold_s=0),
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> int:
                 if r.status != "ok":
                     unsteady[recipe].append(r.reason or r.status)
                 for o in r.ops:
-                    taken[recipe].setdefault(o.op, []).append((o.median_us, o.iqr_us / o.median_us, o.attempts))
+                    taken[recipe].setdefault(o.op, []).append((o.median_us, o.rel_iqr, o.attempts))
             for op in ("permute", "unpermute"):
                 v, h = (float(np.mean([m for m, _, _ in taken[k][op]])) for k in ("vllm", "hold"))
                 v_iqr, h_iqr = (max(q for _, q, _ in taken[k][op]) for k in ("vllm", "hold"))

@@ -208,9 +208,10 @@ def load_series(results_dir: Path, machines: Sequence[str] | None) -> list[Serie
                         Measurement(res.commit_hash, int(res.date), clean))
 
     series = []
+    combos_of: dict[str, list[tuple]] = {}  # a benchmark's parameter grid, built once
     for (machine, env, key, j), items in sorted(grouped.items()):
         meta = benchmarks[key]
-        combos = list(itertools.product(*meta["params"]))
+        combos = combos_of.setdefault(key, list(itertools.product(*meta["params"]))) if meta["params"] else []
         param_index = j if meta["params"] else None
         params = tuple(zip(meta.get("param_names", []), combos[j])) if meta["params"] else ()
         series.append(Series(

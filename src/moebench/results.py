@@ -79,6 +79,11 @@ class OpResult:
         return self.q3_us - self.q1_us
 
     @property
+    def rel_iqr(self) -> float:
+        """IQR over median (``from_samples`` already divides by the median: it is never 0)."""
+        return self.iqr_us / self.median_us
+
+    @property
     def throttled(self) -> bool:
         return self.gpu_state is not None and self.gpu_state.throttled
 

@@ -96,7 +96,7 @@ def _unsteady(ops: Iterable[OpResult], calls_per_graph: int) -> str | None:
     """Why a GPU point gives no number: an op still unsteady after every attempt."""
     for o in ops:
         if not steady(o.iqr_us, o.median_us, calls_per_graph):
-            return (f"{o.op} timing unsteady: IQR {o.iqr_us / o.median_us:.1%} of the median in the steadiest of "
+            return (f"{o.op} timing unsteady: IQR {o.rel_iqr:.1%} of the median in the steadiest of "
                     f"{o.attempts} measurements (accepted: {STABLE_REL_IQR:.0%} + 2 clock ticks)")
     return None
 

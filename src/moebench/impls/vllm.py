@@ -57,7 +57,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import BadInput
+from ..errors import BadInput, one_line
 from ..quant import FP8_ALIGN_BLOCK, fp8_dtype, quantize_fp8_per_tensor, unsupported_reason
 from ..routing import MoEInputs
 from .base import CUSTOM, STANDARD, CustomLayout, Implementation, Layout, Run, StandardLayout, gemm_output_standin
@@ -76,7 +76,7 @@ class Unavailable(Exception):
 
 
 def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:400]
+    return f"{type(exc).__name__}: {one_line(exc, 400)}"[:400]
 
 
 # --- where the pieces come from ------------------------------------------------------------------
@@ -153,7 +153,7 @@ def _has_op(ops: Any, name: str) -> bool:
     return True
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -171,7 +171,7 @@ def library_kernels(path: str) -> Kernels:
         raise Unavailable(f"cannot load {path}: {' '.join(str(exc.__cause__ or exc).split())}") from None
     if not _has_op(torch.ops._moe_C, "moe_permute"):
         raise Unavailable(f"{path} registers no _moe_C::moe_permute")
-    return Kernels(torch.ops._moe_C, f"library {resolved} (sha256 {_sha256(resolved)[:16]})")
+    return Kernels(torch.ops._moe_C, f"library {resolved} (sha256 {file_sha256(resolved)[:16]})")
 
 
 def _vllm_version(vllm: Any) -> str:
@@ -744,12 +744,7 @@ class _OpsRun(_VllmRun):
         self.align = FP8_ALIGN_BLOCK if self.fp8 and era.align else None
         # rows as vLLM's Python sizes them: with align, room for every global expert's padding
         rows = n if self.align is None else round_up(n + e * (self.align - 1), self.align)
-        if self.fp8:  # kernel time only: quantized once, here
-            x = torch.empty(inputs.hidden.shape, dtype=fp8_dtype(), device=dev)
-            self.scale: torch.Tensor | None = torch.empty(1, dtype=torch.float32, device=dev)
-            quantize_fp8_per_tensor(inputs.hidden, x, self.scale)
-        else:
-            x, self.scale = inputs.hidden, None
+        x, self.scale = _quantizer(inputs, None)()  # kernel time only: fp8 quantized once, here
         self.permuted = torch.empty(rows, h, dtype=x.dtype, device=dev)
         self.offsets = torch.empty(n_local + 1, dtype=torch.int64, device=dev)
         self.inv = torch.empty(t, k, dtype=torch.int32, device=dev)
