@@ -5,8 +5,8 @@ Why: a sweep's points are independent, so N GPUs measure it about N times faster
 
 A worker is a Ray actor that does exactly what a single-GPU run does: it resolves its device (Ray
 sets CUDA_VISIBLE_DEVICES per actor, so ``cuda:0`` is its card; ``cpu`` with the host timer on a
-cluster without GPUs), builds the implementation registry, the bandwidth ceiling and NVML once,
-and measures each point it is handed with ``sweep.run_point``. Each result therefore names the
+cluster without GPUs), builds the implementation registry, the bandwidth ceiling and NVML once
+(a ``sweep.Measurer``), and measures each point it is handed with it. Each result therefore names the
 card (``device``) and host (``node``) that measured it; a mixed cluster (H100 + H200) is
 reported per card, and no number is ever averaged across cards.
 
@@ -38,11 +38,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import BadInput, one_line
-from .gpustate import Nvml
 from .impls import implementations
 from .results import FAILED, Point, PointResult, ResultsFile
-from .roofline import Ceiling, ceiling, device_name
-from .sweep import SweepSpec, previous_results, progress_bar, run_point
+from .roofline import Ceiling, device_name
+from .sweep import Measurer, SweepSpec, previous_results, progress_bar
 from .timing import TimerConfig, clock_name
 
 INSTALL_HINT = "pip install 'moebench[ray]'"
@@ -184,24 +183,23 @@ class _Worker:
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError(f"Ray gave this worker GPU(s) {os.environ.get('CUDA_VISIBLE_DEVICES')} "
                                "but torch sees no CUDA device")
-        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+        device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         if use_gpu:
-            torch.cuda.set_device(self.device)
-        self.registry = implementations(vllm_ops_library)
-        self.ceiling = ceiling(self.device)
-        self.nvml = Nvml()
+            torch.cuda.set_device(device)
+        self.measurer = Measurer(device, implementations(vllm_ops_library))
 
     def info(self) -> WorkerInfo:
         import ray
 
-        return WorkerInfo(node=socket.gethostname(), device=device_name(self.device), pid=os.getpid(),
-                          gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()), ceiling=self.ceiling)
+        m = self.measurer
+        return WorkerInfo(node=socket.gethostname(), device=device_name(m.device), pid=os.getpid(),
+                          gpu_ids=tuple(str(g) for g in ray.get_gpu_ids()), ceiling=m.ceiling)
 
     def use_ceiling(self, shared: Ceiling) -> None:
-        self.ceiling = shared
+        self.measurer.ceiling = shared
 
     def run(self, point: Point, timer: TimerConfig) -> PointResult:
-        return run_point(point, self.registry[point.impl], self.device, timer, self.ceiling, self.nvml)
+        return self.measurer.run(point, timer)
 
 
 @dataclass(frozen=True)

@@ -242,15 +242,12 @@ def measure_grid(cfg: SuiteConfig) -> Grid:
             results = [r for l2 in cfg.l2_modes
                        for r in pool.measure([p for p in points if p.l2 == l2], timer(device, l2))]
     else:
-        from .gpustate import Nvml
         from .impls import implementations
-        from .roofline import ceiling
-        from .sweep import run_point
+        from .sweep import Measurer
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        registry = implementations(cfg.vllm_ops_library)
-        ceil, nvml = ceiling(device), Nvml()
-        results = [run_point(p, registry[p.impl], device, timer(device, p.l2), ceil, nvml) for p in points]
+        measurer = Measurer(device, implementations(cfg.vllm_ops_library))
+        results = [measurer.run(p, timer(device, p.l2)) for p in points]
 
     by_key = {r.point.key: r for r in results}
     for key, p in keyed:

@@ -25,6 +25,7 @@ from .models import MoEShape
 from .quant import act_dtype, fp8_dtype
 from .results import FAILED, OK, SKIPPED, OpResult, Point, PointResult
 from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
+from .roofline import ceiling as measure_ceiling
 from .routing import ExpertParallel, make_inputs
 from .stats import STABLE_REL_IQR, steady, summarize
 from .timing import HostStalls, NotCapturable, TimerConfig, clock_name, measure
@@ -176,6 +177,20 @@ def progress_bar(console):
     return Progress(*columns, console=console, transient=True)
 
 
+class Measurer:
+    """One device set up for measuring: its implementations, its bandwidth ceiling and NVML, made
+    once and used for every point (the local sweep, the asv suite without Ray, each Ray worker)."""
+
+    def __init__(self, device: torch.device, registry: dict[str, Implementation],
+                 ceiling: Ceiling | None = None) -> None:
+        self.device, self.registry = device, registry
+        self.ceiling = ceiling or measure_ceiling(device)
+        self.nvml = Nvml()
+
+    def run(self, point: Point, timer: TimerConfig) -> PointResult:
+        return run_point(point, self.registry[point.impl], self.device, timer, self.ceiling, self.nvml)
+
+
 def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
               registry: dict[str, Implementation], *, json_path: str | None = None,
               resume: bool = False, meta: dict | None = None, console=None) -> list[PointResult]:
@@ -184,20 +199,18 @@ def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
     With ``resume``, points already in ``json_path`` (except failed ones) are kept, not re-measured.
     """
     from .results import ResultsFile
-    from .roofline import ceiling as measure_ceiling
 
     kept = previous_results(json_path, resume)
-    ceil = measure_ceiling(device)
-    meta = {**(meta or {}), "ceiling": asdict(ceil)}
+    measurer = Measurer(device, registry)
+    meta = {**(meta or {}), "ceiling": asdict(measurer.ceiling)}
     out = ResultsFile(json_path, meta) if json_path else None
-    nvml = Nvml()
     results: list[PointResult] = []
     points = spec.points()
     with progress_bar(console) as progress:
         task = progress.add_task("sweep", total=len(points))
         for p in points:
             progress.update(task, description=f"{p.impl} T={p.num_tokens} {p.dtype_mode}")
-            r = kept.get(p.key) or run_point(p, registry[p.impl], device, timer, ceil, nvml)
+            r = kept.get(p.key) or measurer.run(p, timer)
             results.append(r)
             if out is not None:
                 out.add(r)
