@@ -9,8 +9,10 @@ fails one that ran without a trustworthy number. There is no ``teardown``: the c
 processes hold no GPU memory, and ``setup_cache``'s process releases each point's buffers and
 graphs before the next one and exits when the grid is done.
 
-Every ``track_*`` returns per-call samples ({"samples": [...], "number": 1}) so asv computes the
-median, its confidence interval, Mann-Whitney in ``asv compare`` and weighted step detection.
+Every ``track_*`` returns one sample per independent round ({"samples": [...], "number": 1}): a
+round is a measurement with its own buffers and CUDA graph, its value the mean of its middle half
+of replays. asv's median is the point's value, and its confidence interval, Mann-Whitney in
+``asv compare`` and weighted step detection see the noise between rounds.
 Times are seconds (lower is better); ``*_vs_floor`` is time over the roofline floor (bytes moved
 at the measured copy bandwidth; 1.0 = at the floor). Parameters: ``MOEBENCH_*`` variables
 (``moebench.suite``).

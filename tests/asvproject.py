@@ -15,7 +15,9 @@ record_samples=True)``
     ``root``: an empty directory (e.g. pytest's ``tmp_path``).
     ``means``: one mapping per commit, oldest first, ``{kernel: mean_seconds}``; every commit
     names the same kernels, which become the values of the benchmark's one parameter ``kernel``
-    (so one history carries several independent scenarios, one per kernel).
+    (so one history carries several independent scenarios, one per kernel). A list of means
+    instead of one is a kernel with several states: each sample picks one of them at random and
+    lies within ``LEVEL_NOISE`` of it (a GPU point whose rounds land in different states).
     ``noise``: relative standard deviation of the samples within one run.
     ``samples``: samples per run. Each commit's generator is seeded by (commit index, kernel).
     Commits are dated one hour apart, so asv's commit-date order is the history order.
@@ -46,6 +48,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 BENCHMARK = "suite.Kernel.track_time"
+LEVEL_NOISE = 0.0005  # relative spread inside one level of a multi-level kernel
 
 _SUITE = '''\
 """Stand-in suite: samples whose mean the checked-out commit of the stand-in project sets."""
@@ -74,6 +77,9 @@ class Kernel:
         s = _standin()
         rng = random.Random(f"{{s.COMMIT_INDEX}}/{{kernel}}")
         mean = s.MEANS[kernel]
+        if isinstance(mean, list):  # levels: each sample (round) lands on one of them
+            return {{"samples": [rng.choice(mean) * (1 + rng.gauss(0, s.LEVEL_NOISE)) for _ in range(s.SAMPLES)],
+                     "number": 1}}
         return {{"samples": [rng.gauss(mean, s.NOISE * mean) for _ in range(s.SAMPLES)],
                  "number": 1}}
 '''
@@ -131,7 +137,8 @@ def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: fl
     commits: list[str] = []
     for i, commit_means in enumerate(means):
         (repo / "standin.py").write_text(
-            f"COMMIT_INDEX = {i}\nMEANS = {dict(commit_means)!r}\nNOISE = {noise!r}\nSAMPLES = {samples}\n")
+            f"COMMIT_INDEX = {i}\nMEANS = {dict(commit_means)!r}\nNOISE = {noise!r}\nSAMPLES = {samples}\n"
+            f"LEVEL_NOISE = {LEVEL_NOISE!r}\n")
         date = f"{1_700_000_000 + 3600 * i} +0000"
         dated = {**env, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
         _run(["git", "add", "-A"], repo, dated)

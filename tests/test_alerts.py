@@ -10,6 +10,7 @@ And one history a GPU recorded: issue 5's H100 run C (docs/data/alerts/), real s
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -18,6 +19,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from moebench import alerts, cli
@@ -178,17 +180,20 @@ def test_cli_exit_codes_through_the_console_script(history, tmp_path):
     assert calm.returncode == 0 and "## No performance regressions" in calm.stdout
 
 
-def test_mann_whitney_matches_asv_on_tie_free_data():
-    from asv._stats import mann_whitney_u
+def test_t_test_on_rounds():
+    from scipy.stats import ttest_ind
 
     rng = random.Random(3)
-    for shift in (0.0, 0.3, 1.0):
-        x = [rng.gauss(shift, 1) for _ in range(40)]
-        y = [rng.gauss(0, 1) for _ in range(60)]
-        _, p_two_sided = mann_whitney_u(x, y, method="normal")
-        smaller = min(alerts.mann_whitney_greater(x, y), alerts.mann_whitney_greater(y, x))
-        assert smaller == pytest.approx(p_two_sided / 2, rel=1e-9)
-    assert alerts.mann_whitney_greater([1.0, 1.0], [1.0, 1.0]) == 1.0
+    x = [rng.gauss(1.06, 0.005) for _ in range(5)]
+    y = [rng.gauss(1.0, 0.005) for _ in range(25)]
+    p = alerts.t_test_greater(x, y)
+    assert p == pytest.approx(ttest_ind([math.log(v) for v in x], [math.log(v) for v in y],
+                                        alternative="greater").pvalue)
+    # five rounds against 25 reach p far below what a Bonferroni-corrected nightly needs (a
+    # rank test cannot go below 1 / C(30, 5) = 7e-6), and the other direction is not significant
+    assert p < 1e-12 and alerts.t_test_greater(y, x) > 0.99
+    assert alerts.t_test_greater([1.0, 1.0], [1.0, 1.0]) == 1.0
+    assert alerts.t_test_greater([2.0, 2.0], [1.0, 1.0]) == 0.0
 
 
 def _measurement(commit: str, mean: float, noise: float, n: int, seed: int) -> alerts.Measurement:
@@ -218,7 +223,7 @@ def test_rule_floor_stops_a_small_median_shift_with_a_skewed_interval():
                                                + [rng.gauss(1.3, 0.01) for _ in range(18)]))
     before, now = alerts.Interval.of([x for m in base for x in m.samples]), alerts.Interval.of(after.samples)
     assert now.lo / before.hi > 1 and now.hi / before.lo > 1.05 and now.median / before.median < 1.025
-    assert alerts.mann_whitney_greater(after.samples, [x for m in base for x in m.samples]) < 1e-6
+    assert alerts.t_test_greater(after.samples, [x for m in base for x in m.samples]) < 1e-6
     assert alerts.compare(base, after, 0.05, 1e-3) is None
 
 
@@ -273,3 +278,51 @@ def test_recorded_h100_history_silent_on_same_code_and_names_only_the_slowed_ker
                      for model in ("'mistralai/Mixtral-8x7B-Instruct-v0.1'", "'deepseek-ai/DeepSeek-V3'")
                      for tokens in ("2048", "4096")}
     assert all(1.05 <= r["ratio_interval"][1] and r["ratio"] < 1.09 for r in report["regressions"])
+
+
+# ---------------------------------------------------------------- rounds (timer recipe 3)
+
+ROUND_COMMITS, STEP6_AT = 12, 8
+WANDER = f"{BENCHMARK}('wander')"
+STEP6 = f"{BENCHMARK}('step6')"
+
+
+@pytest.fixture(scope="module")
+def rounds_history(tmp_path_factory):
+    """Five rounds per commit, as the suite stores them. ``wander``: every round lands on one of
+    two levels 10 % apart (tight inside each), so each run's median flips between the levels;
+    ``step6``: +6 % at commit 8, rounds within 0.5 % of each other."""
+    means = [{"wander": [1e-3, 1.1e-3], "step6": 1e-3 * (1.06 if i >= STEP6_AT else 1.0)}
+             for i in range(ROUND_COMMITS)]
+    return build_history(tmp_path_factory.mktemp("rounds"), means, noise=0.005, samples=5)
+
+
+def test_rounds_wandering_between_two_levels_never_alert_and_a_6_percent_step_does(rounds_history, tmp_path, capsys):
+    h = rounds_history
+    medians = [float(np.median(m.samples)) for s in alerts.load_series(h.results, None) if s.entry == WANDER
+               for m in s.measurements]
+    assert max(medians) / min(medians) > 1.05  # the runs' own values do wander between the levels
+    code, report, _ = run_alerts([h.results, "--html-dir", h.html, "--since", h.commits[0]], tmp_path, capsys)
+    assert code == 1
+    assert [(r["entry"], r["commit"]) for r in report["regressions"]] == [(STEP6, h.commits[STEP6_AT])]
+    assert report["improvements"] == []
+    (r,) = report["regressions"]
+    assert 1.05 < r["ratio"] < 1.07 and r["after"]["n"] == 5
+
+
+def test_nightly_over_wandering_rounds_alerts_only_at_the_step(rounds_history, tmp_path, capsys):
+    h = rounds_history
+    for n in range(2, ROUND_COMMITS + 1):
+        code, report, _ = run_alerts([subset_results(h, n, tmp_path / f"r{n}")], tmp_path, capsys)
+        expect = [(STEP6, h.commits[n - 1])] if n - 1 == STEP6_AT else []
+        assert [(r["entry"], r["commit"]) for r in report["regressions"]] == expect, n
+
+
+def test_a_level_the_baseline_runs_wandered_through_is_not_a_change():
+    """Tight rounds, but the runs before sat at 1.00 and 1.04: a run at 1.04 is within them."""
+    rng = random.Random(5)
+    base = [alerts.Measurement(f"b{i}", 0, tuple(rng.gauss(level, 0.001) for _ in range(5)))
+            for i, level in enumerate([1.0, 1.0, 1.04, 1.0, 1.0])]
+    cand = alerts.Measurement("new", 0, tuple(rng.gauss(1.04, 0.001) for _ in range(5)))
+    assert alerts.compare(base, cand, 0.03, 1e-3) is None
+    assert alerts.compare([m for m in base if m.commit != "b2"], cand, 0.03, 1e-3).direction == alerts.SLOWER

@@ -52,11 +52,12 @@ def test_config_from_env():
                               list(suite.IMPLS), list(suite.BATCH_SIZES)]
     cfg = SuiteConfig.from_env({"MOEBENCH_MODELS": "a, b", "MOEBENCH_DTYPES": "fp8_w8a8",
                                 "MOEBENCH_IMPLS": "vllm-ops,reference-custom", "MOEBENCH_BATCH_SIZES": "8,1",
-                                "MOEBENCH_L2": "cold", "MOEBENCH_REPLAYS": "7", "MOEBENCH_CALLS_PER_GRAPH": "3",
+                                "MOEBENCH_L2": "cold", "MOEBENCH_REPLAYS": "7", "MOEBENCH_ROUNDS": "4",
+                                "MOEBENCH_CALLS_PER_GRAPH": "3",
                                 "MOEBENCH_VLLM_OPS_LIBRARY": "x.so", "MOEBENCH_RAY": "off"})
     assert cfg == SuiteConfig(models=("a", "b"), dtype_modes=("fp8_w8a8",),
                               impls=("vllm-ops", "reference-custom"), batch_sizes=(8, 1),
-                              l2_modes=("cold",), replays=7,
+                              l2_modes=("cold",), replays=7, rounds=4,
                               calls_per_graph=3, vllm_ops_library="x.so", ray="off")
 
 
@@ -122,7 +123,7 @@ def test_measure_grid_on_cpu(tmp_path, monkeypatch):
     odd = model_dir(tmp_path, "odd", hidden_size=24)  # 24 fp8 bytes: not a multiple of 16
     cfg = SuiteConfig(models=(tiny, odd), dtype_modes=("auto", "fp8_w8a8"),
                       impls=("reference-standard", "reference-custom", "vllm-ops"), batch_sizes=(1, 5),
-                      l2_modes=("warm",), replays=3, ray="off")
+                      l2_modes=("warm",), replays=2, rounds=3, ray="off")
     grid = suite.measure_grid(cfg)
     assert set(grid) == set(itertools.product(suite.L2_MODES, cfg.models, cfg.dtype_modes, cfg.impls,
                                               cfg.batch_sizes))
@@ -138,7 +139,9 @@ def test_measure_grid_on_cpu(tmp_path, monkeypatch):
         else:
             assert m.skipped is None and m.failed is None and m.device.startswith("cpu")
             assert [o.op for o in m.ops] == ["permute", "unpermute"]
-            assert all(len(o.samples_s) == 3 and min(o.samples_s) > 0 and o.floor_s > 0 for o in m.ops)
+            # one asv sample per round
+            assert all(len(o.rounds_s) == 3 and min(o.rounds_s) > 0 and o.floor_s > 0 for o in m.ops)
+            assert all(o.timing()["samples"] == list(o.rounds_s) for o in m.ops)
 
 
 @pytest.mark.slow
@@ -148,14 +151,14 @@ def test_measure_grid_through_ray(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "_use_ray", lambda cfg: True)
     tiny = model_dir(tmp_path, "tiny")
     cfg = SuiteConfig(models=(tiny,), dtype_modes=("auto",), impls=("reference-custom", "vllm-custom"),
-                      batch_sizes=(1, 5), replays=3)
+                      batch_sizes=(1, 5), replays=2, rounds=3)
     grid = suite.measure_grid(cfg)
     assert set(grid) == set(itertools.product(suite.L2_MODES, [tiny], ["auto"], cfg.impls, [1, 5]))
     for (_, _, _, impl, _), m in grid.items():
         if impl == "vllm-custom":
             assert m.skipped and not m.ops
         else:
-            assert m.failed is None and [len(o.samples_s) for o in m.ops] == [3, 3]
+            assert m.failed is None and [len(o.rounds_s) for o in m.ops] == [3, 3]
 
 
 def test_ray_only_where_it_helps():
@@ -186,7 +189,8 @@ def test_asv_run_three_commits_and_publish(tmp_path):
 
     tiny = model_dir(tmp_path, "tiny")
     env = {**_asv_env(tmp_path / "home"), "MOEBENCH_MODELS": tiny, "MOEBENCH_DTYPES": "auto,fp8_w8a8",
-           "MOEBENCH_BATCH_SIZES": "1,8", "MOEBENCH_REPLAYS": "3", "MOEBENCH_RAY": "off"}
+           "MOEBENCH_BATCH_SIZES": "1,8", "MOEBENCH_REPLAYS": "2", "MOEBENCH_ROUNDS": "3",
+           "MOEBENCH_RAY": "off"}
     (tmp_path / "home").mkdir()
     work, html = tmp_path / "work", tmp_path / "html"
     commits = []
@@ -226,11 +230,17 @@ def test_asv_run_three_commits_and_publish(tmp_path):
             values, samples = row[col["result"]], row[col["samples"]]
             assert len(values) == len(grid) == len(samples)
             for ok, value, s in zip(available, values, samples):
-                if ok:
+                if ok:  # one sample per round; asv's value is their median, the point's value
                     assert math.isfinite(value) and value > 0 and len(s) == 3
-                    assert value == pytest.approx(sorted(s)[1])  # the median of the samples
+                    assert value == pytest.approx(sorted(s)[1])
                 else:
                     assert math.isnan(value) and s is None
+
+    # ... and alerts read those rounds as each commit's replicates
+    from moebench.alerts import load_series
+
+    series = load_series(work / "results", ["ci"])
+    assert series and all(len(m.samples) == 3 for s in series for m in s.measurements)
 
     index = json.loads((html / "index.json").read_text())
     assert sorted(index["benchmarks"]) == BENCHMARKS

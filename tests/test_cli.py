@@ -45,14 +45,16 @@ def test_sweep_writes_json_csv_png_and_table(tmp_path):
     m = model_dir(tmp_path)
     out = tmp_path / "out"
     p = moebench("--model", m, "--batch-size", "1", "16", "--json", out / "r.json", "--csv",
-                 out / "r.csv", "--plot", out / "r.png", "--replays", "5")
+                 out / "r.csv", "--plot", out / "r.png", "--replays", "5", "--rounds", "2")
     assert p.returncode == 0, p.stderr
     assert "reference-standard" in p.stdout and "CPU host timer, not GPU data" in p.stdout
     meta, rs = load(out / "r.json")
     assert [(r.point.num_tokens, r.point.impl, r.status) for r in rs] == [
         (1, "reference-standard", "ok"), (16, "reference-standard", "ok")]
     assert all(r.clock == "cpu" and r.device.startswith("cpu") for r in rs)
-    assert all(len(o.samples_us) == 5 for r in rs for o in r.ops)
+    assert all([len(r) for r in o.rounds_us] == [5, 5] and len(o.round_values_us) == 2 for r in rs for o in r.ops)
+    assert "Δrounds" in p.stdout and "median of 2 independent rounds" in p.stdout
+    assert meta["timer"]["rounds"] == 2 and meta["timer"]["replays"] == 5
     assert meta["ceiling"]["method"] == "cpu-copy"
     assert (out / "r.csv").read_text().count("\n") == 1 + 4
     assert (out / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -34,7 +34,7 @@ from test_cli import assert_bad_input, model_dir, moebench
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-TIMER = TimerConfig(calls_per_graph=1, replays=2)
+TIMER = TimerConfig(calls_per_graph=1, replays=2, rounds=2)
 SLOW_SIZES = [2048 + 16 * i for i in range(8)]  # distinct keys, each ~0.7 s at H=2048
 
 

@@ -22,7 +22,7 @@ def _result(t=16, status=OK):
     p = Point(**{**POINT.__dict__, "num_tokens": t})
     gs = GpuState(sm_clock_mhz=1980, max_sm_clock_mhz=1980, temperature_c=40, power_w=300.0,
                   throttle_reasons=("sw_power_cap",))
-    ops = (OpResult.from_samples("permute", [1e-5, 2e-5, 3e-5], 1000, 0.5, gs),) if status == OK else ()
+    ops = (OpResult.from_rounds("permute", [[1e-5, 2e-5, 3e-5]], 1000, 0.5, gs),) if status == OK else ()
     return PointResult(point=p, status=status, device="NVIDIA H200", clock="cuda-graph", ops=ops,
                        reason=None if status == OK else "why")
 
@@ -58,9 +58,52 @@ def test_csv_rows_one_per_op_and_reason_rows():
 
 
 def test_op_result_derived_numbers():
-    o = OpResult.from_samples("unpermute", [2e-6] * 5, 4000, 1.0, None)
+    o = OpResult.from_rounds("unpermute", [[2e-6] * 5], 4000, 1.0, None)
     assert o.median_us == pytest.approx(2) and o.gbps == pytest.approx(2.0)
     assert o.pct_of_floor == pytest.approx(50)
+
+
+# Three rounds in two states (10 % apart), each with one stalled replay: the odd round and the
+# stalls must not move the point's value.
+ROUNDS_S = [[5.0e-6, 5.0e-6, 5.1e-6, 5.0e-6, 9.0e-6],
+            [5.5e-6, 5.5e-6, 5.6e-6, 5.5e-6, 9.0e-6],
+            [5.0e-6, 5.1e-6, 5.0e-6, 5.0e-6, 9.0e-6]]
+
+
+def test_rounds_each_give_a_value_and_the_point_takes_their_median():
+    o = OpResult.from_rounds("permute", ROUNDS_S, 1000, 1.0, None)
+    # a round's value: the mean of its middle half (5 samples: the middle three)
+    assert o.round_values_us == pytest.approx((5.0333, 5.5333, 5.0333), abs=1e-4)
+    assert o.median_us == pytest.approx(5.0333, abs=1e-4)
+    assert o.round_spread == pytest.approx(0.5 / 5.0333, rel=1e-3)
+    assert o.samples_us == tuple(round(x * 1e6, 4) for r in ROUNDS_S for x in r)
+    assert o.attempts == 3 and not o.retaken and replace(o, attempts=4).retaken
+
+
+def test_round_structure_reaches_json_and_csv(tmp_path):
+    op = OpResult.from_rounds("permute", ROUNDS_S, 1000, 1.0, None)
+    r = replace(_result(4), ops=(op,))
+    ResultsFile(tmp_path / "r.json", {}).add(r)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["schema"] == 2
+    stored = data["results"][0]["ops"][0]
+    assert stored["rounds_us"] == [[round(x * 1e6, 4) for x in rs] for rs in ROUNDS_S]
+    assert stored["round_values_us"] == list(op.round_values_us)
+    assert load(tmp_path / "r.json")[1][0] == r
+    (row,) = csv_rows([r])
+    assert row["rounds"] == 3 and row["n_samples"] == 15
+    assert row["round_values_us"] == "5.0333|5.5333|5.0333" and row["round_spread_pct"] == pytest.approx(9.934, abs=1e-3)
+    assert [[float(x) for x in part.split()] for part in row["samples_us"].split(";")] == stored["rounds_us"]
+
+
+def test_schema_1_files_load_as_one_round(tmp_path):
+    old = {"schema": 1, "meta": {}, "results": [{
+        "point": POINT.__dict__, "status": "ok", "device": "NVIDIA H200", "clock": "cuda-graph",
+        "ops": [{"op": "permute", "samples_us": [1.0, 2.0, 3.0], "median_us": 2.0, "q1_us": 1.5, "q3_us": 2.5,
+                 "bytes_moved": 10, "floor_us": 0.1, "gbps": 5.0, "pct_of_floor": 5.0, "gpu_state": None}]}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (o,) = load(tmp_path / "old.json")[1][0].ops
+    assert o.rounds_us == ((1.0, 2.0, 3.0),) and o.round_values_us == (2.0,) and o.median_us == 2.0
 
 
 def test_roofline_bytes():
@@ -91,6 +134,7 @@ def test_report_marks_ops_that_were_measured_again():
     print_report([again], "t", console)
     text = console.export_text()
     assert "20.00 ! ↻" in text and "↻ = measured again" in text
+    assert "median of 1 independent rounds" in text
     console = Console(record=True, width=200)
     print_report([r], "t", console)
     assert "↻" not in console.export_text()

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VLLM_SRC = Path(os.environ.get("MOEBENCH_VLLM_SRC", "/work/vllm-src"))
 REAL_033_LIBRARY = ROOT / ".vllm-ops/0.33.0/_moe_C_stable_libtorch.abi3.so"
 CPU = torch.device("cpu")
-TIMER = TimerConfig(calls_per_graph=1, replays=1, max_seconds=0.0, min_replays=1)
+TIMER = TimerConfig(calls_per_graph=1, replays=1, rounds=1, max_seconds=0.0, min_replays=1)
 CEILING = Ceiling("cpu", 1e10, "cpu-copy")
 # E=16, k=4, H=64 bf16: 128-byte rows (fp8: 64), as the kernels' 16-byte vectors need.
 E, K, H, T = 16, 4, 64, 37
@@ -509,7 +509,7 @@ from moebench.results import Point
 from moebench.roofline import Ceiling
 from moebench.sweep import run_point
 from moebench.timing import TimerConfig
-timer = TimerConfig(calls_per_graph=1, replays=1, max_seconds=0.0, min_replays=1)
+timer = TimerConfig(calls_per_graph=1, replays=1, rounds=1, max_seconds=0.0, min_replays=1)
 results = {}
 for release in args["releases"]:
     standins.install_vllm_package(release)

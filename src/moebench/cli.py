@@ -22,7 +22,7 @@ from .models import DEFAULT_MODEL, resolve, shipped_models
 from .quant import DTYPE_MODES
 from .routing import ROUTINGS, ExpertParallel
 from .sweep import DEFAULT_BATCH_SIZES, OOM_PREFIX, SweepSpec, validate_row_bytes
-from .timing import L2_MODES
+from .timing import L2_MODES, TimerConfig
 
 SUBCOMMANDS = ("info", "impls", "alerts", "plot-history", "publish-offline")
 # Subcommands owned by other modules: each exposes ``main(argv) -> int`` and raises BadInput for
@@ -66,7 +66,11 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="calls captured per CUDA graph (default 10 on GPU with warm L2; 1 with "
                         "cold L2, where only a graph's first call would see the flushed cache, "
                         "and with the CPU timer)")
-    p.add_argument("--replays", type=positive_int, default=100, help="timed replays (samples)")
+    p.add_argument("--rounds", type=positive_int, default=TimerConfig.rounds,
+                   help="independent measurements per point, each with new buffers and a new graph; the "
+                        f"number reported is their median (default {TimerConfig.rounds})")
+    p.add_argument("--replays", type=positive_int, default=TimerConfig.replays,
+                   help=f"timed replays (samples) per round (default {TimerConfig.replays})")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--json", metavar="PATH", help="write results (with samples) as JSON, after every point")
     p.add_argument("--csv", metavar="PATH", help="write one row per point and op")
@@ -189,13 +193,13 @@ def cmd_sweep(argv: Sequence[str]) -> int:
         err.print("[yellow]note:[/yellow] int8_w8a16 quantizes weights only: activations are "
                   "untouched, so permute/unpermute do the same work as --dtype auto")
 
-    from .timing import TimerConfig, default_calls_per_graph
+    from .timing import default_calls_per_graph
 
     calls = args.calls_per_graph or default_calls_per_graph(device, args.l2)
     if args.l2 == "cold" and calls > 1:
         err.print(f"[yellow]note:[/yellow] --l2 cold with {calls} calls per graph: only the first "
                   "call of each replay sees a cold L2")
-    timer = TimerConfig(calls_per_graph=calls, replays=args.replays, l2=args.l2)
+    timer = TimerConfig(calls_per_graph=calls, replays=args.replays, rounds=args.rounds, l2=args.l2)
     spec = SweepSpec(shape=shape, dtype_modes=(args.dtype,), impls=names,
                      batch_sizes=tuple(args.batch_size or DEFAULT_BATCH_SIZES),
                      routing=args.routing, l2=args.l2, ep=ep, seed=args.seed)

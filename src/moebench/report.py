@@ -1,4 +1,8 @@
-"""Human output of a sweep: the table per batch size and the latency/roofline plot."""
+"""Human output of a sweep: the table per batch size and the latency/roofline plot.
+
+Every number is a point's value (the median of its rounds); next to it the table shows how far
+its independent rounds were apart, and the plot's band spans the lowest to the highest round.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ def _cell(r: PointResult, op: str) -> list[str]:
     o = r.op(op)
     if o is None:
         return ["-", "-", "-", "-"]
-    flag = (" !" if o.throttled else "") + (" ↻" if o.attempts > 1 else "")
-    return [f"{o.median_us:.2f}{flag}", f"{o.iqr_us:.2f}", f"{o.gbps:.0f}", f"{o.pct_of_floor:.0f}%"]
+    flag = (" !" if o.throttled else "") + (" ↻" if o.retaken else "")
+    return [f"{o.median_us:.2f}{flag}", f"{100 * o.round_spread:.1f}%", f"{o.gbps:.0f}", f"{o.pct_of_floor:.0f}%"]
 
 
 def table(results: list[PointResult], title: str) -> Table:
@@ -26,7 +30,7 @@ def table(results: list[PointResult], title: str) -> Table:
     for col in ("T", "impl", "dtype"):
         t.add_column(col, justify="right" if col == "T" else "left")
     for op in OPS:
-        for col in ("µs", "IQR", "GB/s", "%floor"):
+        for col in ("µs", "Δrounds", "GB/s", "%floor"):
             t.add_column(f"{op[:5]} {col}", justify="right")
     devices = {(r.device, r.clock) for r in results if r.status != SKIPPED}
     per_row_device = len(devices) > 1  # a mixed cluster: never let two cards blur together
@@ -34,7 +38,10 @@ def table(results: list[PointResult], title: str) -> Table:
         t.add_column("device / clock")
     elif devices:
         (device, clock), = devices
-        t.caption = f"{device} · {'CUDA-graph timer' if clock == 'cuda-graph' else 'CPU host timer, not GPU data'} · median and IQR per call"
+        rounds = max((len(o.rounds_us) for r in results for o in r.ops), default=0)
+        t.caption = (f"{device} · {'CUDA-graph timer' if clock == 'cuda-graph' else 'CPU host timer, not GPU data'}"
+                     f" · µs per call: median of {rounds} independent rounds; Δrounds = (max - min) / median "
+                     "of the round values")
     last_t = None
     for r in results:
         if r.status == SKIPPED:
@@ -62,7 +69,7 @@ def print_report(results: list[PointResult], title: str, console: Console) -> No
     console.print(table(results, title))
     if any(o.throttled for r in results for o in r.ops):
         console.print("[yellow]! = the GPU reported throttling (power/thermal) during this op[/yellow]")
-    if any(o.attempts > 1 for r in results for o in r.ops):
+    if any(o.retaken for r in results for o in r.ops):
         console.print("[yellow]↻ = measured again: an earlier measurement of this op was unsteady "
                       "or throttled[/yellow]")
     for line in skipped_lines(results):
@@ -126,7 +133,7 @@ def plot(results: list[PointResult], path: str | Path, title: str) -> None:
                 x = [t for t, _ in pts]
                 med = [o.median_us for _, o in pts]
                 lat.plot(x, med, color=colors[impl], marker="o", ms=3.5, lw=1.6)
-                lat.fill_between(x, [o.q1_us for _, o in pts], [o.q3_us for _, o in pts],
+                lat.fill_between(x, [min(o.round_values_us) for _, o in pts], [max(o.round_values_us) for _, o in pts],
                                  color=colors[impl], alpha=0.18, lw=0)
                 pct.plot(x, [o.pct_of_floor for _, o in pts], color=colors[impl], marker="o", ms=3.5, lw=1.6)
                 hot = [(t, o.median_us) for t, o in pts if o.throttled]
@@ -138,7 +145,7 @@ def plot(results: list[PointResult], path: str | Path, title: str) -> None:
             top = max([105.0] + [y * 1.08 for _, y, _, _ in pct_ends])
             pct.set_ylim(0, top)
             pct.axhline(100, color="0.4", ls="--", lw=1.0)
-            lat.set(xscale="log", yscale="log", ylabel="median µs per call, lower is better\n(band: IQR)",
+            lat.set(xscale="log", yscale="log", ylabel="µs per call, lower is better\n(band: lowest to highest round)",
                     title=f"{op} — dtype {mode}")
             pct.set(xscale="log", xlabel="batch size (tokens)",
                     ylabel="% of floor, higher is better\n(100% = copy bandwidth)")

@@ -1,5 +1,8 @@
 """What flows out of a sweep: points, per-op measurements, results; and their files.
 
+Every op keeps each round's samples: in JSON as ``rounds_us`` (a list per round), in CSV as
+``samples_us`` (rounds separated by ``;``, samples by spaces) next to ``round_values_us``.
+
 A results file is rewritten atomically (temp file + rename) after every point, so a killed sweep
 leaves a valid file holding everything finished so far, and ``--resume`` can skip those points.
 """
@@ -12,13 +15,14 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from .errors import BadInput
 from .gpustate import GpuState
-from .stats import summarize
+from .stats import Rounds, interquartile_mean, summarize
 
-SCHEMA = 1
+SCHEMA = 2  # 2: rounds (1: one measurement per op, still read)
+READABLE_SCHEMAS = (1, 2)
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 OPS = ("permute", "unpermute")
 
@@ -50,29 +54,47 @@ class Point:
 
 @dataclass(frozen=True)
 class OpResult:
-    """One op's timing at one point. Times are per call."""
+    """One op's timing at one point: ``rounds_us`` holds every round's per-call samples (a round
+    is one independent measurement: fresh buffers, fresh graph). Times are per call."""
 
     op: str
-    samples_us: tuple[float, ...]
-    median_us: float
-    q1_us: float
+    rounds_us: tuple[tuple[float, ...], ...]
+    round_values_us: tuple[float, ...]  # each round's value (stats.interquartile_mean)
+    median_us: float  # the point's value: the median of the round values
+    q1_us: float  # quartiles of every sample of every round
     q3_us: float
     bytes_moved: int
     floor_us: float
     gbps: float
     pct_of_floor: float  # floor / median: 100 % means the op runs at the copy bandwidth
-    gpu_state: GpuState | None = None
-    attempts: int = 1  # measurements taken: more than 1 when a disturbed one was taken again
+    gpu_state: GpuState | None = None  # after the last round, or after the first throttled one
+    attempts: int = 1  # measurements taken: more than the rounds when a disturbed one was taken again
 
     @classmethod
-    def from_samples(cls, op: str, samples_s: list[float], bytes_moved: int, floor_us: float,
-                     gpu_state: GpuState | None, attempts: int = 1) -> "OpResult":
-        s = summarize(samples_s)
-        return cls(op=op, samples_us=tuple(round(x * 1e6, 4) for x in samples_s),
-                   median_us=s.median_us, q1_us=s.q1_us, q3_us=s.q3_us, bytes_moved=bytes_moved,
-                   floor_us=floor_us, gbps=bytes_moved / s.median_us * 1e-3,
-                   pct_of_floor=100.0 * floor_us / s.median_us, gpu_state=gpu_state,
-                   attempts=attempts)
+    def from_rounds(cls, op: str, rounds_s: Sequence[Sequence[float]], bytes_moved: int, floor_us: float,
+                    gpu_state: GpuState | None, attempts: int | None = None) -> "OpResult":
+        rounds_us = tuple(tuple(round(x * 1e6, 4) for x in r) for r in rounds_s)
+        values = Rounds(tuple(round(interquartile_mean([x * 1e6 for x in r]), 4) for r in rounds_s))
+        pooled = summarize([x for r in rounds_s for x in r])
+        value = values.value_us
+        return cls(op=op, rounds_us=rounds_us, round_values_us=values.values_us, median_us=value,
+                   q1_us=pooled.q1_us, q3_us=pooled.q3_us, bytes_moved=bytes_moved, floor_us=floor_us,
+                   gbps=bytes_moved / value * 1e-3, pct_of_floor=100.0 * floor_us / value,
+                   gpu_state=gpu_state, attempts=len(rounds_s) if attempts is None else attempts)
+
+    @property
+    def samples_us(self) -> tuple[float, ...]:
+        """Every sample, round after round."""
+        return tuple(x for r in self.rounds_us for x in r)
+
+    @property
+    def round_spread(self) -> float:
+        """(max - min) / median of the round values: the noise between independent measurements."""
+        return Rounds(self.round_values_us).spread
+
+    @property
+    def retaken(self) -> bool:
+        return self.attempts > len(self.rounds_us)
 
     @property
     def iqr_us(self) -> float:
@@ -80,7 +102,7 @@ class OpResult:
 
     @property
     def rel_iqr(self) -> float:
-        """IQR over median (``from_samples`` already divides by the median: it is never 0)."""
+        """IQR over median (``from_rounds`` already divides by the median: it is never 0)."""
         return self.iqr_us / self.median_us
 
     @property
@@ -107,12 +129,18 @@ class PointResult:
         return any(o.throttled for o in self.ops)
 
 
+def _op_from_dict(o: dict[str, Any]) -> OpResult:
+    gs = o.get("gpu_state")
+    if "samples_us" in o:  # schema 1: one measurement, its median the value
+        o = {**{k: v for k, v in o.items() if k != "samples_us"}, "rounds_us": [o["samples_us"]],
+             "round_values_us": [o["median_us"]]}
+    return OpResult(**{**o, "rounds_us": tuple(tuple(r) for r in o["rounds_us"]),
+                       "round_values_us": tuple(o["round_values_us"]),
+                       "gpu_state": GpuState(**{**gs, "throttle_reasons": tuple(gs["throttle_reasons"])}) if gs else None})
+
+
 def _from_dict(d: dict[str, Any]) -> PointResult:
-    ops = []
-    for o in d.get("ops", ()):
-        gs = o.get("gpu_state")
-        ops.append(OpResult(**{**o, "samples_us": tuple(o["samples_us"]),
-                               "gpu_state": GpuState(**{**gs, "throttle_reasons": tuple(gs["throttle_reasons"])}) if gs else None}))
+    ops = [_op_from_dict(o) for o in d.get("ops", ())]
     return PointResult(**{**d, "point": Point(**d["point"]), "ops": tuple(ops)})
 
 
@@ -121,8 +149,8 @@ def load(path: str | Path) -> tuple[dict[str, Any], list[PointResult]]:
     p = Path(path)
     try:
         data = json.loads(p.read_text())
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"schema {data.get('schema')!r}, expected {SCHEMA}")
+        if data.get("schema") not in READABLE_SCHEMAS:
+            raise ValueError(f"schema {data.get('schema')!r}, expected one of {READABLE_SCHEMAS}")
         return data.get("meta", {}), [_from_dict(r) for r in data["results"]]
     except FileNotFoundError:
         raise BadInput(f"results file not found: {p}") from None
@@ -158,9 +186,9 @@ def _atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | No
 
 
 CSV_COLUMNS = [f.name for f in fields(Point)] + [
-    "status", "reason", "device", "clock", "node", "calls_per_graph", "op", "median_us", "q1_us",
-    "q3_us", "n_samples", "attempts", "bytes_moved", "floor_us", "gbps", "pct_of_floor", "sm_clock_mhz",
-    "temperature_c", "throttle_reasons",
+    "status", "reason", "device", "clock", "node", "calls_per_graph", "op", "median_us", "rounds",
+    "round_spread_pct", "round_values_us", "q1_us", "q3_us", "n_samples", "attempts", "bytes_moved",
+    "floor_us", "gbps", "pct_of_floor", "sm_clock_mhz", "temperature_c", "throttle_reasons", "samples_us",
 ]
 
 
@@ -173,7 +201,11 @@ def csv_rows(results: Iterable[PointResult]) -> Iterable[dict[str, Any]]:
             yield base
         for o in r.ops:
             gs = o.gpu_state
-            yield {**base, "op": o.op, "median_us": round(o.median_us, 4), "q1_us": round(o.q1_us, 4),
+            yield {**base, "op": o.op, "median_us": round(o.median_us, 4), "rounds": len(o.rounds_us),
+                   "round_spread_pct": round(100 * o.round_spread, 3),
+                   "round_values_us": "|".join(f"{v:.4f}" for v in o.round_values_us),
+                   "samples_us": ";".join(" ".join(map(str, r)) for r in o.rounds_us),
+                   "q1_us": round(o.q1_us, 4),
                    "q3_us": round(o.q3_us, 4), "n_samples": len(o.samples_us),
                    "attempts": o.attempts,
                    "bytes_moved": o.bytes_moved, "floor_us": round(o.floor_us, 4),

@@ -9,7 +9,7 @@ vLLM's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -72,6 +72,12 @@ class MoEInputs:
     @property
     def topk(self) -> int:
         return self.topk_ids.shape[1]
+
+    def copy(self) -> "MoEInputs":
+        """The same values in newly allocated buffers: a round's fresh inputs."""
+        return replace(self, hidden=self.hidden.clone(), topk_weights=self.topk_weights.clone(),
+                       topk_ids=self.topk_ids.clone(),
+                       expert_map=None if self.expert_map is None else self.expert_map.clone())
 
     def local_ids(self) -> torch.Tensor:
         """int64 [T*k]: local expert of each flat (token, slot), -1 if another rank owns it."""

@@ -1,9 +1,20 @@
-"""Statistics of timing samples: separate from the timer so both stay small and testable."""
+"""Statistics of timing samples: separate from the timer so both stay small and testable.
+
+Two levels. A *round* is one measurement (one captured graph, its replays): its value is the
+interquartile mean of its samples. A *point* is several rounds: its value is the median of the
+round values. Why these two:
+- inside a round, CUDA events tick every ~0.5 µs, a tenth of a small kernel's time per replay;
+  the median of such samples snaps to a tick, the mean of their middle half resolves below it
+  and still ignores the odd stalled replay;
+- between rounds the value moves between discrete states (docs/measurements.md, "Timing
+  states"): one round in an odd state must not move the point, which the median of the rounds
+  guarantees while most rounds agree, where a mean would carry 1/R of the odd round's offset.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import quantiles
+from statistics import median, quantiles
 from typing import Sequence
 
 # A steady GPU measurement's IQR is well under 1 % of its median (docs/measurements.md); one that a
@@ -38,6 +49,33 @@ def steady(iqr_us: float, median_us: float, calls_per_graph: int) -> bool:
     """Whether a spread (IQR) of per-call samples is what a steady device and the event clock's
     resolution explain (one tick per replay, spread over its calls)."""
     return iqr_us <= STABLE_REL_IQR * median_us + 2 * EVENT_TICK_S * 1e6 / calls_per_graph
+
+
+def interquartile_mean(samples: Sequence[float]) -> float:
+    """Mean of the middle half of ``samples`` (all of them when there are fewer than four)."""
+    if not samples:
+        raise ValueError("no samples")
+    xs = sorted(samples)
+    cut = len(xs) // 4
+    middle = xs[cut:len(xs) - cut]
+    return sum(middle) / len(middle)
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Round values of one op at one point, in microseconds."""
+
+    values_us: tuple[float, ...]
+
+    @property
+    def value_us(self) -> float:
+        """The point's value: the median of its round values."""
+        return median(self.values_us)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / value over the rounds: the between-round noise shown next to a number."""
+        return (max(self.values_us) - min(self.values_us)) / self.value_us if self.value_us > 0 else float("nan")
 
 
 def summarize(samples_s: Sequence[float]) -> Summary:

@@ -26,7 +26,9 @@ variables give the same parameter lists:
     MOEBENCH_BATCH_SIZES       token counts (default: the seed's 18, 1 ... 4096)
     MOEBENCH_L2                L2 modes to measure: warm,cold (default) or one of them; the
                                other class's combinations are then skipped
-    MOEBENCH_REPLAYS           timed replays = samples per op and point (default 100)
+    MOEBENCH_ROUNDS            independent rounds per point (default 5): each round's value is one
+                               asv sample, so asv's median, CI and tests are over rounds
+    MOEBENCH_REPLAYS           timed replays per round (default 20)
     MOEBENCH_CALLS_PER_GRAPH   calls per CUDA graph (default 10 with warm L2 on GPU, else 1)
     MOEBENCH_VLLM_OPS_LIBRARY  a _moe_C*.so to time as ``vllm-ops`` (no vLLM install needed)
     MOEBENCH_RAY               auto (default: Ray when it is installed and more than one GPU is
@@ -61,7 +63,9 @@ PARAM_NAMES = ("model", "dtype", "impl", "tokens")
 # recipe, inputs, bytes model), never for refactoring, so history survives code edits.
 # 1: vLLM's recipe (events around the graph launch). 2: the host's launch latency and stalls are
 # no longer in the samples (``timing``'s GPU hold); unsteady measurements are taken again.
-RECIPE_VERSION = "2"
+# 3: rounds: each sample is one independent round's value (new buffers, new graph, no garbage
+# collector pause), the number asv shows is their median.
+RECIPE_VERSION = "3"
 
 GridKey = tuple[str, str, str, str, int]  # (l2, model, dtype, impl, tokens): a class's combination
 
@@ -77,18 +81,21 @@ class PointFailed(RuntimeError):
 @dataclass(frozen=True)
 class OpTiming:
     op: str
-    # Per-call seconds, one per timed replay. An array, not a tuple of floats: every combination's
-    # process unpickles the whole grid, and arrays unpickle as one block of bytes.
-    samples_s: array
+    # Per-call seconds, one value per round (``OpResult.round_values_us``): the independent
+    # replicates, so asv's median is the point's value and its CI and tests see the noise between
+    # rounds, not the far smaller noise between replays of one graph. An array, not a tuple of
+    # floats: every combination's process unpickles the whole grid, and arrays unpickle as one
+    # block of bytes.
+    rounds_s: array
     floor_s: float  # bytes moved / measured copy bandwidth
 
     def timing(self) -> dict:
         """asv's timing result: median, CI, Mann-Whitney and step detection work on it."""
-        return {"samples": list(self.samples_s), "number": 1}
+        return {"samples": list(self.rounds_s), "number": 1}
 
     def vs_floor(self) -> dict:
-        """Time over the roofline floor, per sample (1.0 = at the copy bandwidth)."""
-        return {"samples": [s / self.floor_s for s in self.samples_s], "number": 1}
+        """Time over the roofline floor, per round (1.0 = at the copy bandwidth)."""
+        return {"samples": [s / self.floor_s for s in self.rounds_s], "number": 1}
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,8 @@ class SuiteConfig:
     impls: tuple[str, ...] = IMPLS
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     l2_modes: tuple[str, ...] = L2_MODES
-    replays: int = 100
+    rounds: int = 5
+    replays: int = 20  # per round
     calls_per_graph: int | None = None  # None: the timer's default for the device and L2 mode
     vllm_ops_library: str | None = None
     ray: str = "auto"  # "auto", "off" or a Ray cluster address
@@ -153,6 +161,7 @@ class SuiteConfig:
             impls=_choose(env, "MOEBENCH_IMPLS", IMPLS),
             batch_sizes=tuple(_positive("MOEBENCH_BATCH_SIZES", s) for s in sizes),
             l2_modes=_choose(env, "MOEBENCH_L2", L2_MODES),
+            rounds=_positive("MOEBENCH_ROUNDS", env.get("MOEBENCH_ROUNDS", "").strip() or str(cls.rounds)),
             replays=_positive("MOEBENCH_REPLAYS",
                               env.get("MOEBENCH_REPLAYS", "").strip() or str(cls.replays)),
             calls_per_graph=_positive("MOEBENCH_CALLS_PER_GRAPH", calls) if calls else None,
@@ -228,7 +237,7 @@ def measure_grid(cfg: SuiteConfig) -> Grid:
 
     def timer(device: torch.device, l2: str) -> TimerConfig:
         calls = cfg.calls_per_graph or default_calls_per_graph(device, l2)
-        return TimerConfig(calls_per_graph=calls, replays=cfg.replays, l2=l2)
+        return TimerConfig(calls_per_graph=calls, replays=cfg.replays, rounds=cfg.rounds, l2=l2)
 
     points = [p for _, p in keyed]
     ray = _use_ray(cfg)
@@ -253,7 +262,7 @@ def measure_grid(cfg: SuiteConfig) -> Grid:
     for key, p in keyed:
         r = by_key[p.key]
         grid[key] = Measured(
-            ops=tuple(OpTiming(o.op, array("d", (us * 1e-6 for us in o.samples_us)), o.floor_us * 1e-6)
+            ops=tuple(OpTiming(o.op, array("d", (us * 1e-6 for us in o.round_values_us)), o.floor_us * 1e-6)
                       for o in r.ops),
             skipped=r.reason if r.status == SKIPPED else None,
             failed=r.reason if r.status == FAILED else None,

@@ -2,15 +2,15 @@
 
 ``run_point`` is the unit every front end shares (CLI loop, Ray workers, asv setup): build the
 seeded inputs, prepare the implementation (allocations outside timing), pass the correctness gate,
-time permute and unpermute, check the outputs again after the timed replays, and attach bytes,
-floor and GPU state. Anything that goes wrong becomes a failed point with its reason; the sweep
+time permute and unpermute in several independent rounds, check the outputs again after each
+round's replays, and attach bytes, floor and GPU state. Anything that goes wrong becomes a failed point with its reason; the sweep
 goes on and nothing already measured is lost.
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,7 +23,7 @@ from .impls import Implementation
 from .impls.base import Run
 from .models import MoEShape
 from .quant import act_dtype, fp8_dtype
-from .results import FAILED, OK, SKIPPED, OpResult, Point, PointResult
+from .results import FAILED, OK, OPS, SKIPPED, OpResult, Point, PointResult
 from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
 from .roofline import ceiling as measure_ceiling
 from .routing import ExpertParallel, make_inputs
@@ -74,12 +74,26 @@ def _is_oom(exc: BaseException) -> bool:
         s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
-def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: TimerConfig,
-             nbytes: int, ceiling: Ceiling, nvml: Nvml) -> OpResult:
-    """On the GPU clock, a measurement whose spread is not ``stats.steady`` (a clock change or
-    another tenant disturbed it), or after which NVML reports throttling, is taken again, up to
-    ``ATTEMPTS`` times; an unthrottled one beats a throttled one, then the steadiest is kept.
-    The host clock is not gated: CPU numbers are labelled ``cpu`` and exist for testing."""
+@dataclass
+class _OpRounds:
+    """What the rounds of one op collect: samples per round, GPU state, measurements taken."""
+
+    samples: list[list[float]] = field(default_factory=list)
+    state: GpuState | None = None
+    attempts: int = 0
+    unsteady: str | None = None
+
+    def result(self, op: str, nbytes: int, ceiling: Ceiling) -> OpResult:
+        return OpResult.from_rounds(op, self.samples, nbytes, floor_us(nbytes, ceiling), self.state, self.attempts)
+
+
+def _time_round(op: str, fn: Callable[[], None], device: torch.device, timer: TimerConfig, nvml: Nvml,
+                into: _OpRounds) -> None:
+    """One round of one op. On the GPU clock a measurement whose spread is not ``stats.steady``
+    (a clock change or another tenant disturbed it), or after which NVML reports throttling, is
+    taken again, up to ``ATTEMPTS`` times; an unthrottled one beats a throttled one, then the
+    steadiest is kept. The host clock is not gated: CPU numbers are labelled ``cpu`` and exist
+    for testing."""
     taken: list[tuple[bool, float, list[float], GpuState | None]] = []  # (throttled, IQR / median, ...)
     for _ in range(ATTEMPTS if device.type == "cuda" else 1):
         samples = measure(fn, device, timer)
@@ -89,17 +103,16 @@ def _time_op(op: str, fn: Callable[[], None], device: torch.device, timer: Timer
         taken.append((throttled, s.rel_iqr, samples, state))
         if not throttled and steady(s.iqr_us, s.median_us, timer.calls_per_graph):
             break
-    _, _, best, state = min(taken, key=lambda t: (t[0], t[1]))
-    return OpResult.from_samples(op, best, nbytes, floor_us(nbytes, ceiling), state, len(taken))
-
-
-def _unsteady(ops: Iterable[OpResult], calls_per_graph: int) -> str | None:
-    """Why a GPU point gives no number: an op still unsteady after every attempt."""
-    for o in ops:
-        if not steady(o.iqr_us, o.median_us, calls_per_graph):
-            return (f"{o.op} timing unsteady: IQR {o.rel_iqr:.1%} of the median in the steadiest of "
-                    f"{o.attempts} measurements (accepted: {STABLE_REL_IQR:.0%} + 2 clock ticks)")
-    return None
+    throttled, rel_iqr, best, state = min(taken, key=lambda t: (t[0], t[1]))
+    into.samples.append(best)
+    into.attempts += len(taken)
+    if into.state is None or not into.state.throttled:
+        into.state = state
+    s = summarize(best)
+    if device.type == "cuda" and into.unsteady is None and not steady(s.iqr_us, s.median_us, timer.calls_per_graph):
+        into.unsteady = (f"{op} timing unsteady in round {len(into.samples)}: IQR {rel_iqr:.1%} of the median "
+                         f"in the steadiest of {len(taken)} measurements (accepted: {STABLE_REL_IQR:.0%} + "
+                         "2 clock ticks)")
 
 
 def _gate(inputs, run: Run) -> str | None:
@@ -113,35 +126,44 @@ def _gate(inputs, run: Run) -> str | None:
 
 def run_point(point: Point, impl: Implementation, device: torch.device, timer: TimerConfig,
               ceiling: Ceiling, nvml: Nvml) -> PointResult:
-    """Measure one point; never raises for a problem of the point itself."""
+    """Measure one point in ``timer.rounds`` rounds; never raises for a problem of the point itself.
+
+    A round is an independent measurement: the seeded inputs copied into new buffers, the
+    implementation prepared anew (made while the previous round's buffers still exist, so none
+    is reused), a new graph per op, and the correctness gate after its replays."""
     base = PointResult(point=point, status=OK, device=device_name(device), clock=clock_name(device),
                        calls_per_graph=timer.calls_per_graph, node=socket.gethostname())
     if (why := impl.unavailable(point.dtype_mode, device)) is not None:
         return replace(base, status=SKIPPED, reason=why)
-    run = None
+    runs: list[Run] = []
+    # The host timer's time budget is the point's, shared by its rounds.
+    round_timer = replace(timer, max_seconds=timer.max_seconds / timer.rounds)
     try:
         inputs = make_inputs(num_experts=point.num_experts, topk=point.topk,
                              hidden_size=point.hidden_size, num_tokens=point.num_tokens,
                              dtype=act_dtype(point.act_dtype), dtype_mode=point.dtype_mode,
                              device=device, seed=point.seed, routing=point.routing,
                              ep=ExpertParallel(point.ep_size, point.ep_rank))
-        run = impl.prepare(inputs)
-        if (why := _gate(inputs, run)) is not None:
-            return replace(base, status=FAILED, reason=why)
-        t, k, h = point.num_tokens, point.topk, point.hidden_size
-        n_local_slots = int((inputs.local_ids() >= 0).sum())
-        layout = run.layout()
-        in_elt = inputs.hidden.element_size()
-        p_bytes = permute_bytes(t, k, h, n_local_slots, inputs.n_local_experts, in_elt,
-                                layout.permuted.element_size())
-        u_bytes = unpermute_bytes(t, k, h, n_local_slots, in_elt)
-        ops = (_time_op("permute", run.permute, device, timer, p_bytes, ceiling, nvml),
-               _time_op("unpermute", run.unpermute, device, timer, u_bytes, ceiling, nvml))
-        # Replays must leave the same, correct outputs as the eager calls did.
-        if (why := _gate(inputs, run)) is not None:
-            return replace(base, status=FAILED, reason=f"after timing: {why}")
-        if device.type == "cuda" and (why := _unsteady(ops, timer.calls_per_graph)) is not None:
-            return replace(base, status=FAILED, reason=why, ops=ops)  # samples kept, no number
+        rounds = {"permute": _OpRounds(), "unpermute": _OpRounds()}
+        for r in range(timer.rounds):
+            round_inputs = inputs if r == 0 else inputs.copy()
+            runs.append(impl.prepare(round_inputs))
+            if len(runs) > 1:
+                runs.pop(0).close()
+            run = runs[0]
+            if r == 0:
+                if (why := _gate(round_inputs, run)) is not None:
+                    return replace(base, status=FAILED, reason=why)
+                nbytes = _bytes(point, inputs, run)
+            _time_round("permute", run.permute, device, round_timer, nvml, rounds["permute"])
+            _time_round("unpermute", run.unpermute, device, round_timer, nvml, rounds["unpermute"])
+            # Replays must leave the same, correct outputs as the eager calls did.
+            if (why := _gate(round_inputs, run)) is not None:
+                return replace(base, status=FAILED, reason=f"after timing (round {r + 1}): {why}")
+        ops = tuple(rounds[op].result(op, nbytes[op], ceiling) for op in OPS)
+        unsteady = next((o.unsteady for o in rounds.values() if o.unsteady), None)
+        if unsteady is not None:
+            return replace(base, status=FAILED, reason=unsteady, ops=ops)  # samples kept, no number
         return replace(base, ops=ops)
     except NotCapturable as exc:
         return replace(base, status=FAILED, reason=f"not capturable in a CUDA graph: {exc}")
@@ -152,10 +174,20 @@ def run_point(point: Point, impl: Implementation, device: torch.device, timer: T
             return replace(base, status=FAILED, reason=f"{OOM_PREFIX} at {point.num_tokens} tokens")
         return replace(base, status=FAILED, reason=f"{type(exc).__name__}: {one_line(exc)}")
     finally:
-        if run is not None:
+        for run in runs:
             run.close()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _bytes(point: Point, inputs, run: Run) -> dict[str, int]:
+    """Bytes each op moves at this point (roofline model), from the first round's layout."""
+    t, k, h = point.num_tokens, point.topk, point.hidden_size
+    n_local_slots = int((inputs.local_ids() >= 0).sum())
+    in_elt = inputs.hidden.element_size()
+    return {"permute": permute_bytes(t, k, h, n_local_slots, inputs.n_local_experts, in_elt,
+                                     run.layout().permuted.element_size()),
+            "unpermute": unpermute_bytes(t, k, h, n_local_slots, in_elt)}
 
 
 def previous_results(json_path: str | None, resume: bool) -> dict[str, PointResult]:
@@ -179,16 +211,26 @@ def progress_bar(console):
 
 class Measurer:
     """One device set up for measuring: its implementations, its bandwidth ceiling and NVML, made
-    once and used for every point (the local sweep, the asv suite without Ray, each Ray worker)."""
+    once and used for every point (the local sweep, the asv suite without Ray, each Ray worker).
+
+    On a GPU, the first measurement of an implementation's kernels in a process lands in a state
+    of its own (vLLM 0.22.1's Mixtral permute at T=1 read 5.51 µs first, 6.06 µs ever after, in
+    every fresh process: docs/measurements.md, "Timing states"). So the first point of each
+    implementation and dtype in a process is preceded by one round that is thrown away."""
 
     def __init__(self, device: torch.device, registry: dict[str, Implementation],
                  ceiling: Ceiling | None = None) -> None:
         self.device, self.registry = device, registry
         self.ceiling = ceiling or measure_ceiling(device)
         self.nvml = Nvml()
+        self._primed: set[tuple[str, str]] = set()
 
     def run(self, point: Point, timer: TimerConfig) -> PointResult:
-        return run_point(point, self.registry[point.impl], self.device, timer, self.ceiling, self.nvml)
+        impl = self.registry[point.impl]
+        if self.device.type == "cuda" and (point.impl, point.dtype_mode) not in self._primed:
+            self._primed.add((point.impl, point.dtype_mode))
+            run_point(point, impl, self.device, replace(timer, rounds=1), self.ceiling, self.nvml)
+        return run_point(point, impl, self.device, timer, self.ceiling, self.nvml)
 
 
 def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,

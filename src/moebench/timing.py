@@ -16,6 +16,15 @@ could contain idle time: it is discarded and taken again behind a hold twice as 
 ``MAX_HOLD_S``; launching a graph of a few hundred nodes takes the host ~150-250 µs), and a timer
 that cannot get ``replays`` clean samples within as many retakes raises ``HostStalls``.
 
+Python's garbage collector is off while a graph is captured and timed. Its pauses come every so
+many allocations, so they fall on the same measurements run after run; such a measurement reads
+another level (a DeepSeek-V3 permute read 100.4 or 105.5 µs in a repeating pattern, one level
+with the collector off: docs/measurements.md, "Timing states").
+
+A measurement is one sample of its *state*: the replays of one captured graph agree to ~0.05 %,
+but two captures of the same point can differ by several percent. ``TimerConfig.rounds`` is how
+many independent measurements (fresh buffers, fresh graph) ``sweep.run_point`` takes of a point.
+
 CPU (no CUDA device): the same loop with ``time.perf_counter`` around ``calls_per_graph`` direct
 calls. Samples are labelled ``cpu`` by the caller and never mixed with GPU numbers. The CPU loop
 also stops after ``max_seconds`` (at least ``min_replays`` samples), since a CPU reference call
@@ -24,10 +33,12 @@ can take milliseconds; the number of samples taken is part of the result.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -42,16 +53,17 @@ MAX_HOLD_S = 10e-3  # a graph of many nodes takes a few hundred; a late replay d
 @dataclass(frozen=True)
 class TimerConfig:
     calls_per_graph: int = 10
-    replays: int = 100
+    replays: int = 20  # per round
     warmup: int = 5
+    rounds: int = 5  # independent measurements of a point (sweep.run_point): fresh buffers and graph
     l2: str = "warm"
     max_seconds: float = 0.5  # host timer only
     min_replays: int = 5  # host timer only
     hold_s: float = HOLD_S  # CUDA: 0 = vLLM's recipe, host launch latency in every sample
 
     def __post_init__(self) -> None:
-        if self.calls_per_graph < 1 or self.replays < 1 or self.warmup < 0 or self.hold_s < 0:
-            raise ValueError("calls_per_graph and replays must be >= 1, warmup and hold_s >= 0")
+        if min(self.calls_per_graph, self.replays, self.rounds) < 1 or self.warmup < 0 or self.hold_s < 0:
+            raise ValueError("calls_per_graph, replays and rounds must be >= 1, warmup and hold_s >= 0")
         if self.l2 not in L2_MODES:
             raise ValueError(f"l2 must be one of {L2_MODES}, got {self.l2!r}")
 
@@ -92,11 +104,23 @@ def _l2_flusher(device: torch.device, l2: str) -> Callable[[], None] | None:
     return lambda: buf.bitwise_not_()
 
 
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    """No garbage-collector pause inside a capture or between timed replays."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def time_cuda_graph(fn: Callable[[], None], device: torch.device, cfg: TimerConfig) -> list[float]:
     """Per-call seconds, one sample per timed graph replay."""
     if device.type != "cuda":
         raise ValueError(f"time_cuda_graph needs a CUDA device, got {device}")
-    with torch.cuda.device(device):
+    with torch.cuda.device(device), _collector_off():
         flush = _l2_flusher(device, cfg.l2)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
