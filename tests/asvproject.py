@@ -24,7 +24,8 @@ record_samples=True)``
     Runs ``asv machine``, then per commit ``git checkout`` + ``asv run --set-commit-hash``
     (``environment_type: existing`` with this interpreter) with ``--record-samples`` (without
     it asv keeps only the median: ``record_samples=False`` shows that case), then ``asv publish``
-    when asked.
+    when asked. ``measured``: the indices of the commits to run asv for (default: all), as a
+    nightly that measured only some of them would have left the history.
     Returns a ``History``: ``repo``, ``conf``, ``results`` (asv's results dir), ``html``,
     ``machine``, ``commits`` (full hashes, oldest first), ``benchmark`` (the full asv name).
 
@@ -50,8 +51,9 @@ from typing import Mapping, Sequence
 BENCHMARK = "suite.Kernel.track_time"
 LEVEL_NOISE = 0.0005  # relative spread inside one level of a multi-level kernel
 
-_SUITE = '''\
-"""Stand-in suite: samples whose mean the checked-out commit of the stand-in project sets."""
+# Both stand-in suites start with this: standin.py loaded from the working tree at each run, so
+# the checked-out commit decides the numbers.
+_LOADER = '''\
 import importlib.util
 import random
 from pathlib import Path
@@ -60,11 +62,15 @@ _MODULE = Path(__file__).resolve().parents[1] / "standin.py"
 
 
 def _standin():
-    # Loaded from the working tree at each run, so the checked-out commit decides the numbers.
     spec = importlib.util.spec_from_file_location("standin", _MODULE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+'''
+
+_SUITE = '''\
+"""Stand-in suite: samples whose mean the checked-out commit of the stand-in project sets."""
+''' + _LOADER.replace("{", "{{").replace("}", "}}") + '''
 
 
 class Kernel:
@@ -85,6 +91,50 @@ class Kernel:
 '''
 
 
+# The same stand-in in the shape of moebench's own suite (benchmarks/moe.py): a class per L2 mode,
+# time and roofline tracks per op, parameters model x dtype x impl x tokens. ``means`` keys are
+# "op/model/dtype/impl/tokens"; the roofline floor of a key is 40 % of its first commit's mean.
+_MOE_SUITE = '''\
+"""Stand-in in the shape of moebench's suite: seeded rounds whose mean the commit sets."""
+''' + _LOADER.replace("{", "{{").replace("}", "}}") + '''
+
+
+def _rounds(op, model, dtype, impl, tokens):
+    s = _standin()
+    key = f"{{op}}/{{model}}/{{dtype}}/{{impl}}/{{tokens}}"
+    rng = random.Random(f"{{s.COMMIT_INDEX}}/{{key}}")
+    mean = s.MEANS[key]
+    return [rng.gauss(mean, s.NOISE * mean) for _ in range(s.SAMPLES)], s.FLOOR[key]
+
+
+class WarmL2:
+    params = {params!r}
+    param_names = ["model", "dtype", "impl", "tokens"]
+    version = "1"
+
+    def track_permute(self, *p):
+        return {{"samples": _rounds("permute", *p)[0], "number": 1}}
+
+    def track_unpermute(self, *p):
+        return {{"samples": _rounds("unpermute", *p)[0], "number": 1}}
+
+    def track_permute_vs_floor(self, *p):
+        rounds, floor = _rounds("permute", *p)
+        return {{"samples": [x / floor for x in rounds], "number": 1}}
+
+    def track_unpermute_vs_floor(self, *p):
+        rounds, floor = _rounds("unpermute", *p)
+        return {{"samples": [x / floor for x in rounds], "number": 1}}
+
+    track_permute.unit = track_unpermute.unit = "seconds"
+    track_permute_vs_floor.unit = track_unpermute_vs_floor.unit = "x floor"
+'''
+
+
+def moe_key(op: str, model: str, dtype: str, impl: str, tokens: int) -> str:
+    return f"{op}/{model}/{dtype}/{impl}/{tokens}"
+
+
 @dataclass(frozen=True)
 class History:
     repo: Path
@@ -94,6 +144,7 @@ class History:
     machine: str
     commits: tuple[str, ...]
     benchmark: str = BENCHMARK
+    home: Path | None = None  # HOME with asv's machine file, for later asv runs on this history
 
 
 def _run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str]) -> str:
@@ -109,10 +160,19 @@ def _asv(args: Sequence[str], cwd: Path, env: Mapping[str, str]) -> str:
 
 def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: float = 0.015,
                   samples: int = 25, machine: str = "standin-cpu", publish: bool = True,
-                  record_samples: bool = True) -> History:
+                  record_samples: bool = True, measured: Sequence[int] | None = None,
+                  shape: str = "kernel") -> History:
     kernels = list(means[0])
     if any(list(m) != kernels for m in means):
         raise ValueError("every commit must name the same kernels, in the same order")
+    extra = ""
+    if shape == "moe":
+        axes = [list(dict.fromkeys(k.split("/")[i] for k in kernels)) for i in range(1, 5)]
+        axes[3] = [int(t) for t in axes[3]]
+        suite = _MOE_SUITE.format(params=axes)
+        extra = f"FLOOR = {({k: 0.4 * v for k, v in means[0].items()})!r}\n"
+    else:
+        suite = _SUITE.format(kernels=kernels)
     repo = root / "standin"
     home = root / "home"
     repo.mkdir(parents=True)
@@ -123,7 +183,7 @@ def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: fl
 
     (repo / "benchmarks").mkdir()
     (repo / "benchmarks" / "__init__.py").write_text("")
-    (repo / "benchmarks" / "suite.py").write_text(_SUITE.format(kernels=kernels))
+    (repo / "benchmarks" / "suite.py").write_text(suite)
     (repo / "asv.conf.json").write_text(json.dumps({
         "version": 1, "project": "standin", "project_url": "https://example.invalid/standin",
         "repo": ".", "branches": ["main"], "environment_type": "existing",
@@ -138,7 +198,7 @@ def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: fl
     for i, commit_means in enumerate(means):
         (repo / "standin.py").write_text(
             f"COMMIT_INDEX = {i}\nMEANS = {dict(commit_means)!r}\nNOISE = {noise!r}\nSAMPLES = {samples}\n"
-            f"LEVEL_NOISE = {LEVEL_NOISE!r}\n")
+            f"LEVEL_NOISE = {LEVEL_NOISE!r}\n" + extra)
         date = f"{1_700_000_000 + 3600 * i} +0000"
         dated = {**env, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
         _run(["git", "add", "-A"], repo, dated)
@@ -146,7 +206,7 @@ def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: fl
         commits.append(_run(["git", "rev-parse", "HEAD"], repo, env).strip())
 
     _asv(["machine", "--yes", "--machine", machine], repo, env)
-    for sha in commits:
+    for sha in commits if measured is None else [commits[i] for i in measured]:
         _run(["git", "checkout", "-q", sha], repo, env)
         _asv(["run", "--environment", f"existing:{sys.executable}", "--set-commit-hash", sha,
               "--machine", machine, "--show-stderr"] + (["--record-samples"] if record_samples else []),
@@ -155,7 +215,7 @@ def build_history(root: Path, means: Sequence[Mapping[str, float]], *, noise: fl
     if publish:
         _asv(["publish"], repo, env)
     return History(repo=repo, conf=repo / "asv.conf.json", results=repo / "results",
-                   html=repo / "html", machine=machine, commits=tuple(commits))
+                   html=repo / "html", machine=machine, commits=tuple(commits), home=home)
 
 
 def subset_results(history: History, n: int, dest: Path) -> Path:

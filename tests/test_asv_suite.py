@@ -246,3 +246,8 @@ def test_asv_run_three_commits_and_publish(tmp_path):
     assert sorted(index["benchmarks"]) == BENCHMARKS
     assert index["benchmarks"]["moe.WarmL2.track_permute"]["unit"] == "seconds"
     assert (html / "graphs").is_dir() and "vendor/jquery" in (html / "index.html").read_text()
+    # the landing page is the overview: a row per L2 class x op x dtype x implementation that ran
+    # (the two references); asv's own page is one click away
+    landing = (html / "index.html").read_text()
+    assert "moebench overview" in landing and "summarygrid" in (html / "asv.html").read_text()
+    assert landing.count('<tr><td>') + landing.count('<tr class="regressed"><td>') == 2 * 2 * 2 * 2

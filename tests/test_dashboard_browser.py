@@ -347,3 +347,90 @@ def test_dashboard_as_asv_publishes_it_fails_offline(published, serve, page):
                   "redirect to error.html")
     # No settle(): the abandoned document's requests never finish.
     assert any("request failed" in p for p in page.problems(origin))
+
+
+# ---------------------------------------------------------------- the overview landing page
+
+OVERVIEW_TOKENS = (1, 256, 4096)
+OVERVIEW_COMMITS, STEP_AT = 5, 2
+REGRESSED = ("permute", "mA", "vllm-ops", 256)  # +12 % from commit 2
+
+
+def _overview_means() -> list[dict[str, float]]:
+    from asvproject import moe_key
+
+    means = []
+    for i in range(OVERVIEW_COMMITS):
+        m = {}
+        for op in ("permute", "unpermute"):
+            for model in ("mA", "mB"):
+                for impl in ("vllm-ops", "reference-custom"):
+                    for t in OVERVIEW_TOKENS:
+                        base = 1e-6 * (5 + t / 100) * (2 if impl != "vllm-ops" else 1) * (1.5 if op == "permute" else 1)
+                        step = 1.12 if i >= STEP_AT and (op, model, impl, t) == REGRESSED else 1.0
+                        m[moe_key(op, model, "auto", impl, t)] = base * step
+        means.append(m)
+    return means
+
+
+@pytest.fixture(scope="module")
+def overview_site(tmp_path_factory) -> Path:
+    from moebench import overview
+
+    history = build_history(tmp_path_factory.mktemp("overview"), _overview_means(), noise=0.005, samples=5,
+                            shape="moe")
+    overview.build(history.results, history.html)
+    return history.html
+
+
+def test_overview_replaces_the_landing_page_and_keeps_asv_one_click_away(overview_site):
+    index = (overview_site / "index.html").read_text()
+    assert "moebench overview" in index and 'href="asv.html"' in index
+    assert "summarygrid" in (overview_site / "asv.html").read_text()  # asv's own page, moved
+    # every library the page loads is vendored: nothing leaves the site
+    assert not re.findall(r"""(?:src|href)=["']https?://""", index)
+
+
+@pytest.mark.slow
+def test_overview_rows_highlight_sort_and_link_into_asv(overview_site, serve, page):
+    origin = serve(overview_site)
+    page.open("about:blank")
+    page.open(f"{origin}/index.html")
+    rows = page.wait_for("window.jQuery && $.fn.stupidtable && $('#overview tbody tr').length", "overview rows")
+    assert rows == 2 * 2 * 2  # op x model x impl (one dtype, one class)
+    regressed = page.evaluate("$('#overview tbody tr.regressed').map((i, r) => $(r).text()).get()")
+    assert len(regressed) == 1 and all(v in regressed[0] for v in ("permute", "mA", "vllm-ops"))
+    # sort by the change against the start of the window: twice = descending, the +12 % row first
+    page.evaluate("$('#overview thead th:contains(\"commits back\")').click().click(); 0")
+    first = page.wait_for("$('#overview tbody tr:first').hasClass('regressed') && $('#overview tbody tr:first').text()",
+                          "the regressed row on top after sorting by change")
+    assert "+12." in first or "+11." in first
+    page.settle()
+    assert page.problems(origin) == []
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    shot = ARTIFACTS / "overview.png"
+    page.screenshot(shot)
+    if os.environ.get("MOEBENCH_UPDATE_DOCS") == "1":
+        shutil.copyfile(shot, REPO / "docs" / "overview.png")
+
+    # follow the regressed T=256 value into asv's graph of that series
+    href = page.evaluate("$('#overview tbody tr.regressed td.regressed-cell a').attr('href')")
+    assert href.startswith("asv.html#suite.WarmL2.track_permute?") and "p-tokens=256" in href
+    page.open("about:blank")
+    page.open(f"{origin}/{href}")
+    _wait_for_plotted_points(page)
+    assert page.evaluate("location.pathname") == "/asv.html"
+    page.settle()
+    assert page.problems(origin) == []
+
+    # an old link into index.html#<benchmark> (alerts, asv's feed) is forwarded to asv's page
+    page.open("about:blank")
+    page.open(f"{origin}/index.html#{href.split('#', 1)[1]}")
+    page.wait_for("location.pathname === '/asv.html'", "forward to asv.html")
+    _wait_for_plotted_points(page)
+
+
+def _wait_for_plotted_points(page) -> None:
+    page.wait_for("window.jQuery && (() => { const p = $('#main-graph').data('plot');"
+                  " return p && p.getData().some(s => s.data.filter(d => d && d[1] !== null).length >= 2); })()",
+                  "a graph with plotted points")

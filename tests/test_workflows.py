@@ -105,8 +105,10 @@ def test_nightly_steps_measure_new_commits_with_samples_and_keep_inputs_out_of_s
     run = next(s["run"] for s in steps if s.get("name") == "asv run")
     for flag in ("--skip-existing-commits", "--record-samples", "NEW"):
         assert flag in run
-    check = next(s["run"] for s in steps if s.get("name") == "Regression check")
-    assert "moebench alerts" in check and "--commits" in check
+    check = next(s["run"] for s in steps if s.get("name") == "Regression check and bisection")
+    assert "bash scripts/nightly_alerts.sh" in check and "NEW_COMMITS=" in check
+    script = (ROOT / "scripts" / "nightly_alerts.sh").read_text()
+    assert '"$MOEBENCH" alerts' in script and "--commits" in script and '"$MOEBENCH" "${bisect[@]}"' in script
     checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["persist-credentials"] is False
     assert not [s for s in scripts if "close" in s]  # issues are closed by people only

@@ -343,9 +343,13 @@ class Links:
         if not self.dashboard_url:
             return None
         base = self.dashboard_url if self.dashboard_url.endswith(("/", ".html")) else self.dashboard_url + "/"
-        query = [("machine", s.machine)] + [(f"p-{k}", v) for k, v in s.params] + [("commits", f"{a}-{b}")]
-        return base + "#" + s.benchmark + "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
-                                                          for k, v in query)
+        return graph_url(base, s, [("commits", f"{a}-{b}")])
+
+
+def graph_url(base: str, s: Series, extra: Sequence[tuple[str, str]] = ()) -> str:
+    """asv's address of one series' graph: ``base#benchmark?machine=..&p-<param>=<value>``."""
+    query = [("machine", s.machine)] + [(f"p-{k}", v) for k, v in s.params] + list(extra)
+    return base + "#" + s.benchmark + "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in query)
 
 
 @dataclass(frozen=True)

@@ -123,12 +123,14 @@ def run_commit(conf: Path, commit: str, *, machine: str, env: Mapping[str, str] 
 
 def publish(conf: Path, html: Path, env: Mapping[str, str] = os.environ,
             capture: bool = False) -> subprocess.CompletedProcess:
-    """``asv publish``, then the offline rewrite of the published pages."""
+    """``asv publish``, then the overview landing page (``moebench.overview``, which also makes the
+    published pages load their libraries offline)."""
     proc = asv(["publish"], conf, env, capture)
     if proc.returncode == 0:
-        from .dashboard import make_offline
+        from .overview import build
 
-        make_offline(html)
+        results = Path(json.loads(conf.read_text())["results_dir"])
+        build(results, html)
     return proc
 
 

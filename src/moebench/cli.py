@@ -24,10 +24,11 @@ from .routing import ROUTINGS, ExpertParallel
 from .sweep import DEFAULT_BATCH_SIZES, OOM_PREFIX, SweepSpec, validate_row_bytes
 from .timing import L2_MODES, TimerConfig
 
-SUBCOMMANDS = ("info", "impls", "alerts", "plot-history", "publish-offline")
+SUBCOMMANDS = ("info", "impls", "alerts", "bisect", "overview", "plot-history", "publish-offline")
 # Subcommands owned by other modules: each exposes ``main(argv) -> int`` and raises BadInput for
 # user errors. Imported only when used, so `moebench --help` stays fast.
-EXTERNAL = {"alerts": "moebench.alerts", "plot-history": "moebench.history",
+EXTERNAL = {"alerts": "moebench.alerts", "bisect": "moebench.bisection", "overview": "moebench.overview",
+            "plot-history": "moebench.history",
             "publish-offline": "moebench.dashboard"}
 
 

@@ -172,10 +172,10 @@ class ResultsFile:
 
     def write(self) -> None:
         payload = {"schema": SCHEMA, "meta": self.meta, "results": [asdict(r) for r in self.results]}
-        _atomic_write(self.path, lambda f: json.dump(payload, f, indent=1))
+        atomic_write(self.path, lambda f: json.dump(payload, f, indent=1))
 
 
-def _atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | None = None) -> None:
+def atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | None = None) -> None:
     """Write through a temp file in the same folder and rename it over ``path``: a reader (or a
     killed writer) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,4 +220,4 @@ def write_csv(path: str | Path, results: Iterable[PointResult]) -> None:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="")
         w.writeheader()
         w.writerows(csv_rows(results))
-    _atomic_write(Path(path), fill, newline="")
+    atomic_write(Path(path), fill, newline="")

@@ -59,6 +59,8 @@ OPS = ("permute", "unpermute")
 L2_MODES = ("warm", "cold")
 
 PARAM_NAMES = ("model", "dtype", "impl", "tokens")
+# The benchmark class of each L2 mode (benchmarks/moe.py declares them under these names).
+L2_CLASSES = {"warm": "WarmL2", "cold": "ColdL2"}
 # asv's ``version`` of every benchmark class: bump it when what a number means changes (timer
 # recipe, inputs, bytes model), never for refactoring, so history survives code edits.
 # 1: vLLM's recipe (events around the graph launch). 2: the host's launch latency and stalls are
