@@ -159,7 +159,15 @@ def test_missing_or_corrupt_results_are_named(history, tmp_path, capsys):
     assert str(victim) in _error([results], capsys)
     victim.write_text(json.dumps({"version": 2, "commit_hash": history.commits[3]}))
     assert str(victim) in _error([results], capsys)
+    # a row of the wrong structure: asv reads it as another benchmark version, which alerts would
+    # skip as history that restarted; it is damage, and named
     victim.unlink()
+    other = sorted((results / history.machine).glob(f"{history.commits[4][:8]}-*.json"))[0]
+    data = json.loads(other.read_text())
+    data["results"] = {k: "garbage" for k in data["results"]}
+    other.write_text(json.dumps(data))
+    assert f"corrupt asv results file {other}: ValueError: {BENCHMARK}: a row that is not asv's" in _error([results], capsys)
+    other.unlink()
     (results / "benchmarks.json").unlink()
     assert str(results / "benchmarks.json") in _error([results], capsys)
     assert "no results for machine gpu-x" in _error([history.results, "--machine", "gpu-x"], capsys)

@@ -150,3 +150,114 @@ def test_out_of_memory_at_one_size_keeps_the_others(tmp_path):
     assert "Traceback" not in p.stderr and "out of memory at 600000 tokens" in p.stderr
     rs = load(j)[1]
     assert [(r.point.num_tokens, r.status) for r in rs] == [(1, "ok"), (600000, "failed"), (16, "ok")]
+
+
+# ---------------------------------------------------------------- hostile inputs (a new user's tries)
+
+@pytest.mark.parametrize("args,needle", [
+    (["--impl", ","], "names no implementation"),
+    (["--impl", "reference-standard,reference-standard"], "--impl names reference-standard more than once"),
+    (["--impl", "vllm-custom"], "no implementation of --impl can run here: vllm-custom: "),
+    (["--batch-size", "4", "8", "4"], "--batch-size repeats 4"),
+    (["--seed", str(2**70)], "must be < 2**63"),
+    (["--seed", "-1"], "must be >= 0"),
+    (["--device", "meta"], "--device meta: moebench times on cuda or cpu, not meta"),
+])
+def test_flags_that_would_measure_nothing_or_measure_twice(tmp_path, args, needle):
+    assert_bad_input(moebench("--model", model_dir(tmp_path), "--replays", "1", "--rounds", "1", *args), needle)
+
+
+def test_two_outputs_on_one_path_are_refused_before_anything_is_measured(tmp_path):
+    x = tmp_path / "x"
+    assert_bad_input(moebench("--model", model_dir(tmp_path), "--json", x, "--csv", x), "--json and --csv name the same file")
+    assert not x.exists()
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"torch_dtype": "int4"}, "activation dtype 'int4' is not one moebench times"),
+    ({"num_experts_per_tok": -2}, "the top-k must be a positive integer, got -2"),
+    ({"hidden_size": -64}, "the hidden size must be a positive integer, got -64"),
+])
+def test_config_values_that_cannot_be_a_shape(tmp_path, overrides, needle):
+    assert_bad_input(moebench("info", "--model", model_dir(tmp_path, **overrides)), needle)
+
+
+def test_resume_with_other_sizes_keeps_every_earlier_point(tmp_path):
+    m = model_dir(tmp_path)
+    j = tmp_path / "s.json"
+    common = ("--model", m, "--json", j, "--replays", "1", "--rounds", "1")
+    assert moebench(*common, "--batch-size", "4", "8").returncode == 0
+    assert moebench(*common, "--batch-size", "16", "--resume").returncode == 0
+    meta, rs = load(j)
+    assert sorted(r.point.num_tokens for r in rs) == [4, 8, 16]
+    assert len(meta["earlier_runs"]) == 1 and meta["earlier_runs"][0]["argv"][-2:] == ["4", "8"]
+    # other timing settings would mix two kinds of sample in one file: refused, file untouched
+    before = j.read_text()
+    assert_bad_input(moebench("--model", m, "--json", j, "--replays", "2", "--rounds", "1", "--resume",
+                              "--batch-size", "32"), "other timing settings (replays 1 there, 2 now)")
+    assert j.read_text() == before
+
+
+def test_results_files_keep_their_mode_and_leave_no_temp_file(tmp_path):
+    from moebench.results import atomic_write
+
+    f = tmp_path / "r.json"
+    f.write_text("{}")
+    f.chmod(0o644)
+    atomic_write(f, lambda fh: fh.write("[]"))
+    assert f.stat().st_mode & 0o777 == 0o644 and f.read_text() == "[]"
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "new.json", lambda fh: fh.write("1"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+
+    def interrupted(fh):
+        fh.write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(f, interrupted)
+    assert f.read_text() == "[]" and sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "r.json"]
+
+
+def test_alerts_without_asv_is_bad_input_not_regressions(tmp_path):
+    """Exit 1 means "regressions found": a missing optional package must never look like that."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "asv").mkdir()
+    (shim / "asv" / "__init__.py").write_text("raise ModuleNotFoundError('No module named asv', name='asv')\n")
+    env = {"PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    assert_bad_input(moebench("alerts", tmp_path, env=env), "alerts needs asv, which is not installed",
+                     "moebench[asv]")
+
+
+def test_alerts_config_that_is_not_json(tmp_path):
+    (tmp_path / "results").mkdir()
+    bad = tmp_path / "not-json.txt"
+    bad.write_text("this is { not json")
+    assert_bad_input(moebench("alerts", tmp_path / "results", "--config", bad), "bad --config", "not asv's JSON")
+
+
+def test_interrupt_message_names_the_json_only_when_there_is_one():
+    from moebench import cli
+
+    def stop(argv):
+        raise KeyboardInterrupt
+
+    import moebench.cli as c
+    saved = c.cmd_sweep
+    c.cmd_sweep = stop
+    try:
+        import contextlib
+        import io
+
+        for argv, want in ((["--json", "x"], "interrupted; finished points are in the --json file"),
+                           ([], "interrupted\n")):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                assert cli.main(argv) == 130
+            assert err.getvalue().endswith(want + ("\n" if not want.endswith("\n") else ""))
+    finally:
+        c.cmd_sweep = saved

@@ -434,3 +434,12 @@ def _wait_for_plotted_points(page) -> None:
     page.wait_for("window.jQuery && (() => { const p = $('#main-graph').data('plot');"
                   " return p && p.getData().some(s => s.data.filter(d => d && d[1] !== null).length >= 2); })()",
                   "a graph with plotted points")
+
+
+def test_publish_offline_names_a_page_that_is_not_text_and_skips_a_dangling_link(tmp_path, capsys):
+    shutil.copy(ASV_TEMPLATE, tmp_path / "index.html")
+    (tmp_path / "gone.html").symlink_to(tmp_path / "nowhere.html")
+    assert make_offline(tmp_path).rewritten == {"index.html": len(LIBRARIES)}
+    (tmp_path / "latin1.html").write_bytes("<p>caf\xe9</p>".encode("latin-1"))
+    assert cli.main(["publish-offline", str(tmp_path)]) == 2
+    assert "latin1.html is not UTF-8 text" in capsys.readouterr().err

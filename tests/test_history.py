@@ -104,3 +104,23 @@ def test_bad_input_exits_2_with_one_line(history, tmp_path, capsys, args, messag
     assert err.startswith("moebench: error: " + message.format(tmp=tmp_path, results=results))
     assert err.count("\n") == 1
     assert not (tmp_path / "h.png").exists()
+
+
+def test_a_truncated_commit_file_is_named_not_dropped(history, tmp_path, capsys):
+    results = shutil.copytree(history.results, tmp_path / "results")
+    victim = sorted(p for p in (results / history.machine).glob("*.json") if p.name != "machine.json")[1]
+    victim.write_text(victim.read_text()[:150])
+    assert cli.main(["plot-history", "--results", str(results), "--benchmark", history.benchmark,
+                     "--out", str(tmp_path / "h.png")]) == 2
+    assert f"corrupt asv results file {victim}" in capsys.readouterr().err
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_out_suffix_decides_the_format(history, tmp_path, capsys):
+    for name, head in (("h.svg", b"<?xml"), ("h.pdf", b"%PDF")):
+        assert cli.main(["plot-history", "--results", str(history.results), "--benchmark", history.benchmark,
+                         "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_bytes().startswith(head)
+    assert cli.main(["plot-history", "--results", str(history.results), "--benchmark", history.benchmark,
+                     "--out", str(tmp_path / "h.docx")]) == 2
+    assert "cannot write a .docx image" in capsys.readouterr().err

@@ -376,6 +376,8 @@ def moebench(*args, env=None):
 @pytest.mark.parametrize("argv,needle", [
     (["impls", "--vllm-ops-library", "/nonexistent/_moe_C.so"], "no such file"),
     (["--vllm-ops-library", "README.md", "--batch-size", "1"], "not a shared library"),
+    (["--vllm-ops-library", "/usr/lib/x86_64-linux-gnu/libz.so.1", "--batch-size", "1"],
+     "is not a vLLM kernel library: /usr/lib/x86_64-linux-gnu/libz.so.1 registers no _moe_C::moe_permute"),
 ])
 def test_cli_rejects_a_bad_library_path(argv, needle):
     p = moebench(*argv)

@@ -111,6 +111,9 @@ def dev_wheel(index: Path, sha: str, *, carries: str | None = None, machine: str
     ("vllm-0.11.2-cp313-abi3-manylinux1_x86_64.whl", "x86_64", (3, 12), False),
     ("vllm-0.11.2-cp38-abi3-win_amd64.whl", "x86_64", (3, 12), False),
     ("torch-2.9.0-cp312-cp312-manylinux1_x86_64.whl", "x86_64", (3, 12), False),
+    # a glibc newer than this system's cannot load here, whatever the name says
+    ("vllm-0.11.2-cp38-abi3-manylinux_2_99_x86_64.whl", "x86_64", (3, 12), False),
+    ("not a wheel name.whl", "x86_64", (3, 12), False),
 ])
 def test_compatible(filename, machine, python, ok):
     assert wheels.compatible(filename, machine, python) is ok

@@ -60,7 +60,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .argtypes import positive_int
-from .errors import BadInput
+from .errors import BadInput, one_line
 
 DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
@@ -157,11 +157,40 @@ def _load_json(path: Path, api_version: int | None) -> dict:
         raise BadInput(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def load_series(results_dir: Path, machines: Sequence[str] | None) -> list[Series]:
-    """Every series in an asv results directory; bad or missing files raise BadInput naming them."""
+def _check_rows(path: Path) -> None:
+    """asv reads a malformed row as a benchmark of another version (so it would be skipped as
+    history that restarted): every row must be a list of asv's columns with a string version."""
+    data = json.loads(path.read_text())
+    columns = data.get("result_columns") or []
+    version = columns.index("version") if "version" in columns else None
+    for key, row in (data.get("results") or {}).items():
+        if not (isinstance(row, list) and version is not None and version < len(row) <= len(columns)
+                and isinstance(row[version], str)):
+            raise ValueError(f"{key}: a row that is not asv's {len(columns)} result columns")
+
+
+def result_files(mdir: Path, machine: str):
+    """Every asv results file of one machine directory, loaded: ``(path, Results)``. A file asv
+    cannot read is named in a BadInput (asv's own iterator logs a warning and drops it)."""
     from asv import util
     from asv.results import Results
 
+    files = sorted(p for p in mdir.glob("*.json") if p.name != "machine.json")
+    if not files:
+        raise BadInput(f"no result files for machine {machine} in {mdir}")
+    for path in files:
+        try:
+            res = Results.load(str(path), machine_name=machine)
+            _check_rows(path)
+        except util.UserError as exc:
+            raise BadInput(f"corrupt asv results file {path}: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInput(f"corrupt asv results file {path}: {type(exc).__name__}: {exc}") from None
+        yield path, res
+
+
+def load_series(results_dir: Path, machines: Sequence[str] | None) -> list[Series]:
+    """Every series in an asv results directory; bad or missing files raise BadInput naming them."""
     if not results_dir.is_dir():
         raise BadInput(f"no asv results directory at {results_dir}")
     benchmarks = _load_json(results_dir / "benchmarks.json", api_version=2)
@@ -180,21 +209,12 @@ def load_series(results_dir: Path, machines: Sequence[str] | None) -> list[Serie
         info = _load_json(mdir / "machine.json", api_version=1)
         if info.get("machine") != machine:
             raise BadInput(f"corrupt asv file {mdir / 'machine.json'}: machine is not {machine!r}")
-        files = sorted(p for p in mdir.glob("*.json") if p.name != "machine.json")
-        if not files:
-            raise BadInput(f"no result files for machine {machine} in {mdir}")
-        for path in files:
-            try:
-                res = Results.load(str(path), machine_name=machine)
-                keys = list(res.get_all_result_keys())
-            except util.UserError as exc:
-                raise BadInput(f"corrupt asv results file {path}: {exc}") from None
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise BadInput(f"corrupt asv results file {path}: {type(exc).__name__}: {exc}") from None
-            for key in keys:
+        for path, res in result_files(mdir, machine):
+            for key in res.get_all_result_keys():
                 meta = benchmarks.get(key)
                 # asv's own rule: a benchmark no longer in the suite, or whose `version` changed,
-                # starts a new history; its old results are not comparable.
+                # starts a new history; its old results are not comparable (rows that are not
+                # asv's were named by result_files).
                 if meta is None or res.benchmark_version.get(key) != meta.get("version"):
                     continue
                 try:
@@ -635,6 +655,10 @@ def _config(path: Path | None) -> tuple[str | None, dict[str, float]]:
         conf = Config.load(str(path))
     except util.UserError as exc:
         raise BadInput(f"bad --config {path}: {exc}") from None
+    except OSError as exc:
+        raise BadInput(f"cannot read --config {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # json5's decode error: not a JSON file at all
+        raise BadInput(f"bad --config {path}: not asv's JSON ({one_line(exc, 160)})") from None
     try:
         thresholds = {str(k): float(v) for k, v in (conf.regressions_thresholds or {}).items()}
         for regex in thresholds:

@@ -32,6 +32,10 @@ EXTERNAL = {"alerts": "moebench.alerts", "bisect": "moebench.bisection", "overvi
             "publish-offline": "moebench.dashboard"}
 
 
+# Packages some subcommands need that a plain install lacks -> the extra that brings them.
+OPTIONAL = {"asv": "asv", "asv_runner": "asv", "ray": "ray"}
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="hub id, shipped snapshot name or local dir with config.json "
@@ -51,7 +55,7 @@ def sweep_parser() -> argparse.ArgumentParser:
                         "permute, scale carried), or int8 weight-only (activations untouched)")
     p.add_argument("--use-customized-permute", action="store_true",
                    help="time the customized path (moe_permute/moe_unpermute) instead of the standard one")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the inputs (0 <= SEED < 2**63)")
     p.add_argument("--batch-size", type=positive_int, nargs="+", metavar="T",
                    help=f"token counts (default: {','.join(map(str, DEFAULT_BATCH_SIZES))})")
     p.add_argument("--impl", help="comma-separated implementations (see `moebench impls`); "
@@ -88,6 +92,13 @@ def sweep_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _seed(text: str) -> int:
+    value = non_negative_int(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be < 2**63 (torch's generator seed), got {value}")
+    return value
+
+
 def info_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moebench info", description="Show a model's MoE shape.")
     _model_args(p)
@@ -112,6 +123,8 @@ def _device(name: str | None):
         dev = torch.device(name)
     except RuntimeError as exc:
         raise BadInput(f"bad --device {name!r}: {exc}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {name}: moebench times on cuda or cpu, not {dev.type}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"--device {name}: no CUDA device is available here")
     return dev
@@ -135,11 +148,19 @@ def _select_impls(args, registry, device) -> tuple[tuple[str, ...], list[str]]:
     from .impls import CUSTOM_PATH, STANDARD_PATH
 
     notes: list[str] = []
-    if args.impl:
+    if args.impl is not None:
         names = tuple(n.strip() for n in args.impl.split(",") if n.strip())
+        if not names:
+            raise BadInput(f"--impl {args.impl!r} names no implementation (choose from {', '.join(registry)})")
+        if repeated := sorted({n for n in names if names.count(n) > 1}):
+            raise BadInput(f"--impl names {', '.join(repeated)} more than once")
         unknown = [n for n in names if n not in registry]
         if unknown:
             raise BadInput(f"unknown --impl {', '.join(unknown)} (choose from {', '.join(registry)})")
+        why = {n: registry[n].unavailable(args.dtype, device) for n in names}
+        if all(why.values()):
+            raise BadInput("no implementation of --impl can run here: "
+                           + "; ".join(f"{n}: {w}" for n, w in why.items()))
         return names, notes
     path = CUSTOM_PATH if args.use_customized_permute else STANDARD_PATH
     names = tuple(n for n in path if registry[n].unavailable(args.dtype, device) is None)
@@ -160,8 +181,14 @@ def cmd_sweep(argv: Sequence[str]) -> int:
 
     console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
-    for flag in ("json", "csv", "plot"):
-        _check_writable(getattr(args, flag), f"--{flag}")
+    outputs = {flag: getattr(args, flag) for flag in ("json", "csv", "plot") if getattr(args, flag)}
+    for flag, path in outputs.items():
+        _check_writable(path, f"--{flag}")
+    same = [f for f in outputs if [Path(p).resolve() for p in outputs.values()].count(Path(outputs[f]).resolve()) > 1]
+    if same:
+        raise BadInput(f"--{' and --'.join(same)} name the same file: each output needs its own")
+    if args.batch_size and (repeated := sorted({t for t in args.batch_size if args.batch_size.count(t) > 1})):
+        raise BadInput(f"--batch-size repeats {', '.join(map(str, repeated))}: each size is one point")
     if args.resume and not args.json:
         raise BadInput("--resume needs --json PATH (the file to continue)")
     use_ray = args.ray or args.ray_address is not None
@@ -187,6 +214,12 @@ def cmd_sweep(argv: Sequence[str]) -> int:
     from .impls import implementations
 
     registry = implementations(args.vllm_ops_library)
+    if args.vllm_ops_library:
+        from .impls.vllm import NOT_VLLM
+
+        why = registry["vllm-ops"].unavailable(args.dtype, device) or ""
+        if NOT_VLLM in why:  # loads, but is some other library: never time around it silently
+            raise BadInput(f"--vllm-ops-library {args.vllm_ops_library} is not a vLLM kernel library: {why}")
     names, notes = _select_impls(args, registry, device)
     for note in notes:
         err.print(f"[yellow]note:[/yellow] {note}")
@@ -280,8 +313,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as exc:
         print(f"moebench: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name not in OPTIONAL:
+            raise
+        print(f"moebench: error: {argv[0] if argv else 'this'} needs {exc.name}, which is not installed "
+              f"(pip install 'moebench[{OPTIONAL[exc.name]}]')", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("moebench: interrupted; finished points are in the --json file", file=sys.stderr)
+        saved = "; finished points are in the --json file" if any(a.startswith("--json") for a in argv) else ""
+        print(f"moebench: interrupted{saved}", file=sys.stderr)
         return 130
 
 

@@ -103,8 +103,14 @@ def make_offline(html_dir: str | Path) -> OfflineReport:
                        f"missing under {VENDOR}): reinstall moebench")
     pages = {}
     for page in sorted(html.glob("*.html")):
-        text, n = rewrite_page(page.read_text(encoding="utf-8"), page.name)
-        pages[page.name] = (text, n)
+        if not page.is_file():
+            continue  # a dangling link: nothing there to rewrite
+        try:
+            text = page.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{page} is not UTF-8 text ({exc.reason} at byte {exc.start}): not a page "
+                           "asv published") from None
+        pages[page.name] = rewrite_page(text, page.name)
     # Only after every page parsed: an unknown CDN reference leaves the directory untouched.
     shutil.copytree(VENDOR, html / VENDOR_DIR, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))

@@ -41,7 +41,7 @@ from .errors import BadInput, one_line
 from .impls import implementations
 from .results import FAILED, Point, PointResult, ResultsFile
 from .roofline import Ceiling, device_name
-from .sweep import Measurer, SweepSpec, previous_results, progress_bar
+from .sweep import Measurer, SweepSpec, previous_file, progress_bar
 from .timing import TimerConfig, clock_name
 
 INSTALL_HINT = "pip install 'moebench[ray]'"
@@ -438,19 +438,21 @@ def run_sweep_ray(spec: SweepSpec, timer: TimerConfig, *, vllm_ops_library: str 
     points already in it (except failed ones) are kept, not measured again.
     """
     points = spec.points()
-    kept = previous_results(json_path, resume)
+    previous = previous_file(json_path, resume, timer)
+    kept = previous.kept()
+    outside = previous.outside(points)
     results = {i: kept[p.key] for i, p in enumerate(points) if p.key in kept}
     todo = [i for i in range(len(points)) if i not in results]
     if resume and console is not None:
         console.print(f"resume: {len(results)} of {len(points)} points kept from {json_path}")
-    out = ResultsFile(json_path, dict(meta or {})) if json_path else None
+    out = ResultsFile(json_path, previous.meta_for(dict(meta or {}))) if json_path else None
 
     def save(pool: Pool | None = None) -> None:
         if out is None:
             return
         if pool is not None:
             out.meta.update(pool.meta())
-        out.results = [results[i] for i in sorted(results)]
+        out.results = outside + [results[i] for i in sorted(results)]
         out.write()
 
     if todo:

@@ -121,7 +121,7 @@ def _selection(bench: dict, given: Sequence[str]) -> list[tuple[str, ...]]:
 def load_history(results: str | Path, benchmark: str, params: Sequence[str] = (),
                  machine: str | None = None, max_lines: int = MAX_LINES) -> History:
     """Read asv results into per-combination lines; BadInput names what is missing."""
-    from asv.results import iter_results_for_machine
+    from .alerts import result_files
 
     results = Path(results)
     if not results.is_dir():
@@ -136,7 +136,7 @@ def load_history(results: str | Path, benchmark: str, params: Sequence[str] = ()
     fixed = tuple(f"{names[i]}={_value(combos[0][i])}" for i in range(len(names)) if i not in varying)
 
     runs = []  # (date, commit, env, values, stats) of runs of the current benchmark version
-    for res in iter_results_for_machine(str(results), machine):
+    for _, res in result_files(results / machine, machine):
         # asv's own filter, as in `asv publish`: results of an older benchmark version are dropped.
         if benchmark not in res.get_result_keys({benchmark: bench}):
             continue
@@ -198,6 +198,8 @@ def plot_history(history: History, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .report import figure_format
+
     factor, unit = _scale(history)
     n = len(history.commits)
     fig, ax = plt.subplots(figsize=(max(7.5, min(16.0, 0.45 * n + 4)), 5.2))
@@ -231,7 +233,7 @@ def plot_history(history: History, path: str | Path) -> None:
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110, format="png")  # exactly this path: no ".png" appended
+        fig.savefig(out, dpi=110, format=figure_format(out, fig))  # exactly this path, no suffix added
     except OSError as exc:
         raise BadInput(f"cannot write --out {out}: {exc.strerror or exc}") from None
     finally:

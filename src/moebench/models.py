@@ -42,6 +42,10 @@ TOPK_FIELDS = (
 HIDDEN_FIELDS = ("hidden_size", "d_model", "n_embd", "dim")
 
 
+# Activation dtypes a config may name (torch's floating names; the kernels take the first three).
+ACTIVATION_DTYPES = ("bfloat16", "float16", "float32")
+
+
 @dataclass(frozen=True)
 class MoEShape:
     """What the permute/unpermute kernels see of a model."""
@@ -104,13 +108,21 @@ def shape_from_config(config: Any, model: str, source: str) -> MoEShape:
                 f"{model} ({arch}) is not a supported MoE config: no {name} field "
                 f"(looked for {', '.join(fields)})"
             )
-        found[name] = int(value)
+        try:
+            found[name] = int(value)
+        except (TypeError, ValueError):
+            found[name] = 0
+        if found[name] < 1 or found[name] != value:
+            raise BadInput(f"{model} ({arch}): the {name} must be a positive integer, got {value!r}")
     dtype = None
     for c in candidates:
         dtype = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
         if dtype is not None:
             break
     dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else "bfloat16"
+    if dtype_name not in ACTIVATION_DTYPES:
+        raise BadInput(f"{model} ({arch}): activation dtype {dtype_name!r} is not one moebench times "
+                       f"(one of {', '.join(ACTIVATION_DTYPES)})")
     if found["top-k"] > found["expert count"]:
         raise BadInput(
             f"{model}: top-k {found['top-k']} exceeds the expert count {found['expert count']}"

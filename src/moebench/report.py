@@ -76,6 +76,18 @@ def print_report(results: list[PointResult], title: str, console: Console) -> No
         console.print(f"[dim]{line}[/dim]")
 
 
+def figure_format(path: Path, fig) -> str:
+    """The image format a path's suffix names (``.png``, ``.svg``, ``.pdf`` ...; none = PNG), so a
+    file never holds another format than its name says."""
+    from .errors import BadInput
+
+    fmt = path.suffix[1:].lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise BadInput(f"{path}: cannot write a .{fmt} image (formats: {', '.join(sorted(supported))})")
+    return fmt
+
+
 def plot(results: list[PointResult], path: str | Path, title: str) -> None:
     """Per op, latency vs batch size (log-log) per implementation with the bandwidth floor, and
     below it the % of floor; every line is named at its right end, so no legend is needed."""
@@ -168,5 +180,5 @@ def plot(results: list[PointResult], path: str | Path, title: str) -> None:
     fig.suptitle(f"{title}\n{device}{note}", fontsize=11)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, format="png")  # exactly this path: no ".png" appended
+    fig.savefig(path, dpi=110, format=figure_format(Path(path), fig))  # exactly this path, no suffix added
     plt.close(fig)

@@ -177,12 +177,24 @@ class ResultsFile:
 
 def atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | None = None) -> None:
     """Write through a temp file in the same folder and rename it over ``path``: a reader (or a
-    killed writer) never sees half a file."""
+    killed writer) never sees half a file, and an interrupted write leaves no temp file behind.
+    The file keeps the mode of the one it replaces, else the umask's (mkstemp's own is 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", newline=newline) as f:
-        fill(f)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline=newline) as f:
+            fill(f)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 CSV_COLUMNS = [f.name for f in fields(Point)] + [

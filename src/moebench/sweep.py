@@ -190,15 +190,45 @@ def _bytes(point: Point, inputs, run: Run) -> dict[str, int]:
             "unpermute": unpermute_bytes(t, k, h, n_local_slots, in_elt)}
 
 
-def previous_results(json_path: str | None, resume: bool) -> dict[str, PointResult]:
-    """With ``resume``, the results already in ``json_path`` by point key; failed ones are left out
-    so that they are measured again."""
+@dataclass(frozen=True)
+class Previous:
+    """What ``--resume`` found in the results file: every result in it, and its settings."""
+
+    meta: dict
+    results: tuple[PointResult, ...] = ()
+
+    def kept(self) -> dict[str, PointResult]:
+        """Reusable results by point key; failed ones are left out so they are measured again."""
+        return {r.point.key: r for r in self.results if r.status != FAILED}
+
+    def outside(self, points: Iterable[Point]) -> list[PointResult]:
+        """Results of points this sweep does not measure: kept in the file, never dropped."""
+        keys = {p.key for p in points}
+        return [r for r in self.results if r.point.key not in keys]
+
+    def meta_for(self, meta: dict) -> dict:
+        """This run's settings, with the earlier runs' settings on record too."""
+        if not self.meta:
+            return meta
+        earlier = [*self.meta.get("earlier_runs", []), {k: v for k, v in self.meta.items() if k != "earlier_runs"}]
+        return {**meta, "earlier_runs": earlier}
+
+
+def previous_file(json_path: str | None, resume: bool, timer: TimerConfig) -> Previous:
+    """With ``resume``, the results file as it is. A file measured with other timing settings is
+    refused (BadInput): one file never mixes two kinds of sample."""
     from .results import load
 
     if not (resume and json_path and Path(json_path).exists()):
-        return {}
-    _, previous = load(json_path)
-    return {r.point.key: r for r in previous if r.status != FAILED}
+        return Previous({})
+    meta, results = load(json_path)
+    theirs = meta.get("timer")
+    ours = asdict(timer)
+    if theirs is not None and {k: theirs.get(k) for k in ours} != ours:
+        diff = ", ".join(f"{k} {theirs.get(k)} there, {v} now" for k, v in ours.items() if theirs.get(k) != v)
+        raise BadInput(f"--resume: {json_path} was measured with other timing settings ({diff}); "
+                       "use the same flags or another --json file")
+    return Previous(meta, tuple(results))
 
 
 def progress_bar(console):
@@ -242,10 +272,11 @@ def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
     """
     from .results import ResultsFile
 
-    kept = previous_results(json_path, resume)
+    previous = previous_file(json_path, resume, timer)
+    kept = previous.kept()
     measurer = Measurer(device, registry)
-    meta = {**(meta or {}), "ceiling": asdict(measurer.ceiling)}
-    out = ResultsFile(json_path, meta) if json_path else None
+    meta = previous.meta_for({**(meta or {}), "ceiling": asdict(measurer.ceiling)})
+    out = ResultsFile(json_path, meta, previous.outside(spec.points())) if json_path else None
     results: list[PointResult] = []
     points = spec.points()
     with progress_bar(console) as progress:

@@ -132,21 +132,24 @@ def wheel_filename(url: str) -> str:
 
 def compatible(filename: str, machine: str = platform.machine(),
                python: tuple[int, int] = sys.version_info[:2]) -> bool:
-    """Whether a vLLM wheel installs here: Linux on this CPU architecture, this CPython
-    (``cpXY`` ABI, or the stable ABI ``abi3`` of an older or equal CPython)."""
-    parts = filename[: -len(".whl")].split("-")
-    if len(parts) not in (5, 6) or parts[0].lower() != "vllm":
+    """Whether a vLLM wheel installs here: ``packaging``'s tags for this CPython (its own ABI,
+    the stable ABI of older ones, pure Python) on this system's manylinux/glibc levels, with the
+    CPU architecture ``machine`` (another one only to ask about another machine)."""
+    try:
+        from packaging import tags
+        from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+    except ImportError:  # asv's new environment, before anything is installed: pip's own copy
+        from pip._vendor.packaging import tags
+        from pip._vendor.packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    try:
+        name, _, _, wheel_tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename:
         return False
-    pys, abis, plats = (p.split(".") for p in parts[-3:])
-    plat_ok = any(p == "any" or (p.startswith(("manylinux", "linux")) and p.endswith("_" + machine))
-                  for p in plats)
-    here = f"cp{python[0]}{python[1]}"
-    py_ok = any(
-        py in ("py3", f"py{python[0]}{python[1]}")
-        or (py == here and abi in (here, "abi3", "none"))
-        or (abi == "abi3" and py.startswith(f"cp{python[0]}") and int(py[3:] or 0) <= python[1])
-        for py in pys for abi in abis)
-    return plat_ok and py_ok
+    arch = platform.machine()
+    platforms = [p[: -len(arch)] + machine for p in tags.platform_tags() if p.endswith(arch)]
+    supported = {*tags.cpython_tags(python, platforms=platforms), *tags.compatible_tags(python, platforms=platforms)}
+    return name == "vllm" and bool(wheel_tags & supported)
 
 
 def find_wheel(root: str, sha: str, variant: str | None = None,

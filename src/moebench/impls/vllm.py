@@ -64,6 +64,7 @@ from .base import CUSTOM, STANDARD, CustomLayout, Implementation, Layout, Run, S
 from .reference import STANDARD_BLOCK_M, round_up
 
 MODULE_ENV = "MOEBENCH_VLLM_MODULE"
+NOT_VLLM = "registers no _moe_C::moe_permute"  # a library that loads but is not vLLM's kernels
 API_MODULE = "vllm.model_executor.layers.fused_moe.moe_permute_unpermute"
 UTILS_MODULE = "vllm.model_executor.layers.fused_moe.utils"
 # ELF, then Mach-O (32/64-bit, both byte orders, universal): what a loadable extension starts with.
@@ -170,7 +171,7 @@ def library_kernels(path: str) -> Kernels:
         # torch says only "Could not load this library"; the dlopen error is the cause.
         raise Unavailable(f"cannot load {path}: {' '.join(str(exc.__cause__ or exc).split())}") from None
     if not _has_op(torch.ops._moe_C, "moe_permute"):
-        raise Unavailable(f"{path} registers no _moe_C::moe_permute")
+        raise Unavailable(f"{path} {NOT_VLLM}")
     return Kernels(torch.ops._moe_C, f"library {resolved} (sha256 {file_sha256(resolved)[:16]})")
 
 
