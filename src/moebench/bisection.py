@@ -133,8 +133,10 @@ class Runner:
                 "--bench", "^" + re.escape(b.entry) + "$"]
         if self.existing:  # this environment, filed under the commit: check the commit out first
             git = ["git", "-C", self.repo._path]
-            branch = subprocess.run([*git, "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip()
+            # back to the branch afterwards, or to the very commit where HEAD was detached
+            branch = (subprocess.run([*git, "symbolic-ref", "-q", "--short", "HEAD"], capture_output=True,
+                                     text=True).stdout.strip()
+                      or subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip())
             subprocess.run([*git, "checkout", "-q", sha], check=True)
             args += ["--environment", f"existing:{sys.executable}", "--set-commit-hash", sha]
         else:

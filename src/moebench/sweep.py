@@ -3,8 +3,8 @@
 ``run_point`` is the unit every front end shares (CLI loop, Ray workers, asv setup): build the
 seeded inputs, prepare the implementation (allocations outside timing), pass the correctness gate,
 time permute and unpermute in several independent rounds, check the outputs again after each
-round's replays, and attach bytes, floor and GPU state. Anything that goes wrong becomes a failed point with its reason; the sweep
-goes on and nothing already measured is lost.
+round's replays, and attach bytes, floor and GPU state. Anything that goes wrong becomes a failed
+point with its reason; the sweep goes on and nothing already measured is lost.
 """
 
 from __future__ import annotations
@@ -94,22 +94,22 @@ def _time_round(op: str, fn: Callable[[], None], device: torch.device, timer: Ti
     taken again, up to ``ATTEMPTS`` times; an unthrottled one beats a throttled one, then the
     steadiest is kept. The host clock is not gated: CPU numbers are labelled ``cpu`` and exist
     for testing."""
-    taken: list[tuple[bool, float, list[float], GpuState | None]] = []  # (throttled, IQR / median, ...)
+    taken: list[tuple[bool, float, list[float], GpuState | None, bool]] = []  # (throttled, IQR / median, ..., steady)
     for _ in range(ATTEMPTS if device.type == "cuda" else 1):
         samples = measure(fn, device, timer)
         state = nvml.read(device)
         s = summarize(samples)
         throttled = state is not None and state.throttled
-        taken.append((throttled, s.rel_iqr, samples, state))
-        if not throttled and steady(s.iqr_us, s.median_us, timer.calls_per_graph):
+        is_steady = steady(s.iqr_us, s.median_us, timer.calls_per_graph)
+        taken.append((throttled, s.rel_iqr, samples, state, is_steady))
+        if not throttled and is_steady:
             break
-    throttled, rel_iqr, best, state = min(taken, key=lambda t: (t[0], t[1]))
+    _, rel_iqr, best, state, is_steady = min(taken, key=lambda t: (t[0], t[1]))
     into.samples.append(best)
     into.attempts += len(taken)
     if into.state is None or not into.state.throttled:
         into.state = state
-    s = summarize(best)
-    if device.type == "cuda" and into.unsteady is None and not steady(s.iqr_us, s.median_us, timer.calls_per_graph):
+    if device.type == "cuda" and into.unsteady is None and not is_steady:
         into.unsteady = (f"{op} timing unsteady in round {len(into.samples)}: IQR {rel_iqr:.1%} of the median "
                          f"in the steadiest of {len(taken)} measurements (accepted: {STABLE_REL_IQR:.0%} + "
                          "2 clock ticks)")
