@@ -34,15 +34,19 @@ def model_dir(root: Path, name: str, **overrides) -> str:
     return str(path)
 
 
-def test_axes_equal_the_package():
-    from moebench.impls import ALL
-    from moebench.quant import DTYPE_MODES
-    from moebench.results import OPS
-    from moebench.sweep import DEFAULT_BATCH_SIZES
-    from moebench.timing import L2_MODES
+def test_the_axes_have_one_torch_free_owner():
+    """moebench.axes is where every module takes the grid's axes from; importing it, the suite
+    (asv's discovery and fork server) or the CLI (`moebench -h`) loads no torch."""
+    from moebench import axes, impls, quant, results, routing, sweep, timing
 
     assert (suite.DTYPE_MODES, suite.IMPLS, suite.BATCH_SIZES, suite.OPS, suite.L2_MODES) == (
-        DTYPE_MODES, ALL, DEFAULT_BATCH_SIZES, OPS, L2_MODES)
+        axes.DTYPE_MODES, axes.IMPLS, axes.BATCH_SIZES, axes.OPS, axes.L2_MODES)
+    assert quant.DTYPE_MODES is axes.DTYPE_MODES and impls.ALL is axes.IMPLS and results.OPS is axes.OPS
+    assert routing.ROUTINGS is axes.ROUTINGS and sweep.DEFAULT_BATCH_SIZES is axes.BATCH_SIZES
+    assert timing.TimerConfig is axes.TimerConfig and timing.L2_MODES is axes.L2_MODES
+    probe = "import sys, moebench.cli, moebench.suite; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_config_from_env():

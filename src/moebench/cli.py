@@ -19,10 +19,9 @@ from typing import Sequence
 from .argtypes import non_negative_int, positive_int
 from .errors import BadInput
 from .models import DEFAULT_MODEL, resolve, shipped_models
-from .quant import DTYPE_MODES
-from .routing import ROUTINGS, ExpertParallel
-from .sweep import DEFAULT_BATCH_SIZES, OOM_PREFIX, SweepSpec, validate_row_bytes
-from .timing import L2_MODES, TimerConfig
+# Torch-free at import (``moebench -h`` answers at once): modules that import torch load in the
+# commands that need them.
+from .axes import BATCH_SIZES, DTYPE_MODES, L2_MODES, ROUTINGS, TimerConfig
 
 SUBCOMMANDS = ("info", "impls", "alerts", "bisect", "overview", "plot-history", "publish-offline")
 # Subcommands owned by other modules: each exposes ``main(argv) -> int`` and raises BadInput for
@@ -57,7 +56,7 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="time the customized path (moe_permute/moe_unpermute) instead of the standard one")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the inputs (0 <= SEED < 2**63)")
     p.add_argument("--batch-size", type=positive_int, nargs="+", metavar="T",
-                   help=f"token counts (default: {','.join(map(str, DEFAULT_BATCH_SIZES))})")
+                   help=f"token counts (default: {','.join(map(str, BATCH_SIZES))})")
     p.add_argument("--impl", help="comma-separated implementations (see `moebench impls`); "
                                   "default: every one of the selected path available here")
     p.add_argument("--vllm-ops-library", metavar="PATH",
@@ -192,6 +191,9 @@ def cmd_sweep(argv: Sequence[str]) -> int:
     if args.resume and not args.json:
         raise BadInput("--resume needs --json PATH (the file to continue)")
     use_ray = args.ray or args.ray_address is not None
+    from .routing import ExpertParallel
+    from .sweep import OOM_PREFIX, SweepSpec, validate_row_bytes
+
     if args.ray_workers and not use_ray:
         raise BadInput("--ray-workers needs --ray or --ray-address")
     if use_ray and args.device:
@@ -235,7 +237,7 @@ def cmd_sweep(argv: Sequence[str]) -> int:
                   "call of each replay sees a cold L2")
     timer = TimerConfig(calls_per_graph=calls, replays=args.replays, rounds=args.rounds, l2=args.l2)
     spec = SweepSpec(shape=shape, dtype_modes=(args.dtype,), impls=names,
-                     batch_sizes=tuple(args.batch_size or DEFAULT_BATCH_SIZES),
+                     batch_sizes=tuple(args.batch_size or BATCH_SIZES),
                      routing=args.routing, l2=args.l2, ep=ep, seed=args.seed)
     meta = {"argv": list(argv), "shape": shape.summary(), "device": str(device),
             "timer": asdict(timer), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .axes import DTYPE_MODES
 from .errors import one_line
-
-DTYPE_MODES = ("auto", "fp8_w8a8", "int8_w8a16")
 FP8_MAX_E4M3 = 448.0
 # DeepGEMM-style grouped GEMMs want each expert's rows aligned to 128 for fp8.
 FP8_ALIGN_BLOCK = 128

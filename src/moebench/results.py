@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Sequence
 
+from .axes import OPS
 from .errors import BadInput
 from .gpustate import GpuState
 from .stats import Rounds, interquartile_mean, summarize
@@ -24,7 +25,6 @@ from .stats import Rounds, interquartile_mean, summarize
 SCHEMA = 2  # 2: rounds (1: one measurement per op, still read)
 READABLE_SCHEMAS = (1, 2)
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
-OPS = ("permute", "unpermute")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .axes import ROUTINGS
 from .errors import BadInput
 
-ROUTINGS = ("uniform", "skewed")
 # Skewed routing: this share of experts (at least one) gets a logit bonus large enough that they
 # take roughly half of all (token, slot) assignments.
 HOT_EXPERT_SHARE = 0.125

@@ -13,7 +13,7 @@ initialized CUDA, which is what makes it safe.
 
 This module is imported by asv's discovery and by its fork server, so it imports nothing heavy at
 module level: torch, the implementations and Ray are imported inside ``measure_grid`` only. The
-suite's axes are therefore spelled out here; a test holds them equal to the package's own.
+axes come from the torch-free ``moebench.axes``, like everyone else's.
 
 A run is configured by environment variables (read by ``SuiteConfig.from_env``); the same
 variables give the same parameter lists:
@@ -46,17 +46,9 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .argtypes import positive_int
+from .axes import BATCH_SIZES, DTYPE_MODES, IMPLS, L2_MODES, OPS  # noqa: F401  (OPS: the suite's ops)
 from .errors import BadInput
 from .models import DEFAULT_MODEL
-
-# Equal to quant.DTYPE_MODES, impls.ALL, sweep.DEFAULT_BATCH_SIZES, results.OPS and
-# timing.L2_MODES (tested): repeated because those modules import torch.
-DTYPE_MODES = ("auto", "fp8_w8a8", "int8_w8a16")
-IMPLS = ("reference-standard", "vllm-standard", "reference-custom", "vllm-custom",
-         "vllm-custom-scratch", "vllm-ops")
-BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
-OPS = ("permute", "unpermute")
-L2_MODES = ("warm", "cold")
 
 PARAM_NAMES = ("model", "dtype", "impl", "tokens")
 # The benchmark class of each L2 mode (benchmarks/moe.py declares them under these names).

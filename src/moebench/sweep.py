@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .axes import BATCH_SIZES
 from .check import check_permute, check_unpermute
 from .errors import BadInput, one_line
 from .gpustate import GpuState, Nvml
@@ -30,7 +31,7 @@ from .routing import ExpertParallel, make_inputs
 from .stats import STABLE_REL_IQR, steady, summarize
 from .timing import HostStalls, NotCapturable, TimerConfig, clock_name, measure
 
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
+DEFAULT_BATCH_SIZES = BATCH_SIZES
 OOM_PREFIX = "out of memory"
 ATTEMPTS = 3  # measurements of one op before a disturbed point is given up as unsteady
 

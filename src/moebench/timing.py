@@ -37,35 +37,14 @@ import contextlib
 import functools
 import gc
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
+from .axes import HOLD_S, L2_MODES, MAX_HOLD_S, TimerConfig  # noqa: F401  (their home: axes)
 from .errors import one_line
 
-L2_MODES = ("warm", "cold")
 CPU_FLUSH_BYTES = 64 << 20
-HOLD_S = 100e-6  # launching a graph of a few kernels takes the host ~5-50 µs
-MAX_HOLD_S = 10e-3  # a graph of many nodes takes a few hundred; a late replay doubles the hold
-
-
-@dataclass(frozen=True)
-class TimerConfig:
-    calls_per_graph: int = 10
-    replays: int = 20  # per round
-    warmup: int = 5
-    rounds: int = 5  # independent measurements of a point (sweep.run_point): fresh buffers and graph
-    l2: str = "warm"
-    max_seconds: float = 0.5  # host timer only
-    min_replays: int = 5  # host timer only
-    hold_s: float = HOLD_S  # CUDA: 0 = vLLM's recipe, host launch latency in every sample
-
-    def __post_init__(self) -> None:
-        if min(self.calls_per_graph, self.replays, self.rounds) < 1 or self.warmup < 0 or self.hold_s < 0:
-            raise ValueError("calls_per_graph, replays and rounds must be >= 1, warmup and hold_s >= 0")
-        if self.l2 not in L2_MODES:
-            raise ValueError(f"l2 must be one of {L2_MODES}, got {self.l2!r}")
 
 
 class NotCapturable(RuntimeError):

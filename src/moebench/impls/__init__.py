@@ -7,12 +7,10 @@ imports vLLM, and report themselves unavailable (with the reason) where vLLM is 
 
 from __future__ import annotations
 
+from ..axes import CUSTOM_PATH, STANDARD_PATH
+from ..axes import IMPLS as ALL
 from .base import CUSTOM, STANDARD, Implementation
 from .reference import ReferenceCustom, ReferenceStandard
-
-STANDARD_PATH = ("reference-standard", "vllm-standard")
-CUSTOM_PATH = ("reference-custom", "vllm-custom", "vllm-custom-scratch", "vllm-ops")
-ALL = STANDARD_PATH + CUSTOM_PATH
 
 
 def implementations(vllm_ops_library: str | None = None) -> dict[str, Implementation]:
