@@ -1,5 +1,15 @@
 # Two commands matter: `make run` (the default sweep) and `make test` (the whole test suite).
 # Each creates .venv on first use and installs what it needs; nothing else is a manual step.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+
+ifneq ($(abspath $(CURDIR)),$(ROOT))
+# `make -f path/to/Makefile TARGET` from another folder: every path below is the checkout's, so
+# the same target runs there (outputs land in the checkout's out/).
+.DEFAULT_GOAL := run
+.PHONY: run test venv clean browser dashboard
+run test venv clean browser dashboard:
+	@$(MAKE) --no-print-directory -C $(ROOT) $@
+else
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -55,3 +65,4 @@ test: $(BIN)/.installed-test browser node_modules/.package-lock.json
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
+endif

@@ -261,3 +261,12 @@ def test_interrupt_message_names_the_json_only_when_there_is_one():
             assert err.getvalue().endswith(want + ("\n" if not want.endswith("\n") else ""))
     finally:
         c.cmd_sweep = saved
+
+
+def test_make_from_another_folder_runs_the_target_in_the_checkout(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["make", "-f", str(root / "Makefile"), "-n", "venv"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    assert f"-C {root} venv" in p.stdout and "pip install" in p.stdout
+    assert not (tmp_path / ".venv").exists()
