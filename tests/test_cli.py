@@ -268,5 +268,5 @@ def test_make_from_another_folder_runs_the_target_in_the_checkout(tmp_path):
     p = subprocess.run(["make", "-f", str(root / "Makefile"), "-n", "venv"], cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 0, p.stderr
-    assert f"-C {root} venv" in p.stdout and "pip install" in p.stdout
+    assert f"-C {root} venv" in p.stdout  # (what runs there depends on whether .venv is installed)
     assert not (tmp_path / ".venv").exists()
