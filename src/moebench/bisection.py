@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import os
 import re
@@ -128,9 +129,10 @@ class Runner:
 
     def measure(self, b: Bisection, sha: str) -> tuple[list[float], str]:
         """Round values of ``b``'s series at ``sha``, or ``([], why not)``."""
+        from .asvlocal import asv, run_commit
+
         env = {**os.environ, **suite_env(b.benchmark, dict(b.params))}
-        args = ["run", "--machine", self.machine, "--record-samples", "--show-stderr",
-                "--bench", "^" + re.escape(b.entry) + "$"]
+        bench = "^" + re.escape(b.entry) + "$"
         if self.existing:  # this environment, filed under the commit: check the commit out first
             git = ["git", "-C", self.repo._path]
             # back to the branch afterwards, or to the very commit where HEAD was detached
@@ -138,15 +140,13 @@ class Runner:
                                      text=True).stdout.strip()
                       or subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip())
             subprocess.run([*git, "checkout", "-q", sha], check=True)
-            args += ["--environment", f"existing:{sys.executable}", "--set-commit-hash", sha]
-        else:
-            args.insert(1, f"{sha}^!")
-        try:
-            proc = subprocess.run([sys.executable, "-m", "asv", *args, "--config", str(self.conf_path)],
-                                  env=env, capture_output=True, text=True)
-        finally:
-            if self.existing:
+            try:
+                proc = run_commit(self.conf_path, sha, machine=self.machine, env=env, bench=bench, capture=True)
+            finally:
                 subprocess.run([*git, "checkout", "-q", branch], check=True)
+        else:  # asv installs the commit into its environment, as the nightly's own run does
+            proc = asv(["run", f"{sha}^!", "--machine", self.machine, "--record-samples", "--show-stderr",
+                        "--bench", bench], self.conf_path, env, capture=True)
         from .alerts import load_series
 
         try:
@@ -369,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def link(sha: str) -> str:
         return f"[`{sha[:8]}`]({commit_url}{sha})" if commit_url else f"`{sha[:8]}`"
 
-    blocks = {b.key: markdown(b, runner.subject, link) for b in touched}
+    subject = functools.cache(runner.subject)  # one git call per culprit, for markdown and JSON
+    blocks = {b.key: markdown(b, subject, link) for b in touched}
     text = "\n".join(["## Bisections", ""] + list(blocks.values())) if blocks else "## Bisections\n\nnone to run\n"
     issues = [{"key": f"{b.benchmark}@{b.machine}", "title": f"Performance regression: {b.benchmark} on {b.machine}",
                "labels": [ISSUE_LABEL], "body": blocks[b.key]} for b in touched if b.status != RUNNING]
@@ -379,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
     if args.json:
         out = {"bisections": [{**asdict(b), "key": b.key, "culprit": b.culprit,
-                               "culprit_subject": runner.subject(b.culprit) if b.culprit else None}
+                               "culprit_subject": subject(b.culprit) if b.culprit else None}
                               for b in touched],
                "issues": issues, "commits_measured": args.max_commits - budget}
         _write(args.json, json.dumps(out, indent=2) + "\n")

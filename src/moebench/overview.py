@@ -146,8 +146,9 @@ def render(rows: list[Row], tokens: Sequence[int], window: int, ref_tag: str | N
             f"<th>last {window} commits: " + " ".join(f'<span class="t{i}-text">T={t}</span>' for i, t in enumerate(tokens))
             + "</th>"]
     body = []
-    ordered_rows = sorted(rows, key=lambda r: (not r.regressed, -abs(_worst(
-        [_change(r.values[t], None, 1) for t in r.values]) or 0)))
+    changes = {id(r): (_worst([_change(r.values[t], None, 1) for t in r.values]),
+                       _worst([_change(r.values[t], ref_commit, window) for t in r.values])) for r in rows}
+    ordered_rows = sorted(rows, key=lambda r: (not r.regressed, -abs(changes[id(r)][0] or 0)))
     for r in ordered_rows:
         cells = [r.machine] * (len(machines) > 1) + [r.cls, r.op] + [_plain(v) for _, v in r.params]
         tds = [f"<td>{h.escape(c)}</td>" for c in cells]
@@ -161,8 +162,7 @@ def render(rows: list[Row], tokens: Sequence[int], window: int, ref_tag: str | N
         big = max((t for t in tokens if t in r.floor_pct), default=None)
         tds.append(f'<td data-sort-value="{r.floor_pct[big]:.3f}">{r.floor_pct[big]:.0f}%</td>' if big
                    else '<td data-sort-value="0">–</td>')
-        for change in (_worst([_change(r.values[t], None, 1) for t in r.values]),
-                       _worst([_change(r.values[t], ref_commit, window) for t in r.values])):
+        for change in changes[id(r)]:
             text, key = _pct(change)
             tds.append(f'<td data-sort-value="{key}">{text}</td>')
         tds.append(f"<td>{_sparkline(r, window)}</td>")
