@@ -6,8 +6,8 @@ ifneq ($(abspath $(CURDIR)),$(ROOT))
 # `make -f path/to/Makefile TARGET` from another folder: every path below is the checkout's, so
 # the same target runs there (outputs land in the checkout's out/).
 .DEFAULT_GOAL := run
-.PHONY: run test venv clean browser dashboard
-run test venv clean browser dashboard:
+.PHONY: run test venv clean browser dashboard releases-dashboard
+run test venv clean browser dashboard releases-dashboard:
 	@$(MAKE) --no-print-directory -C $(ROOT) $@
 else
 PY ?= python3
@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= out
 
-.PHONY: run test venv clean browser dashboard
+.PHONY: run test venv clean browser dashboard releases-dashboard
 
 $(BIN)/.installed-run: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ $(BIN)/.installed-asv: $(BIN)/.installed-run
 # MOEBENCH_BATCH_SIZES is set, 5 of the 18 batch sizes (set it empty for all 18).
 dashboard: $(BIN)/.installed-asv
 	MOEBENCH_BATCH_SIZES=$${MOEBENCH_BATCH_SIZES-1,16,256,1024,4096} $(BIN)/python -m moebench.asvlocal
+
+# The release history's dashboard (docs/releases/html), rebuilt offline from the committed
+# docs/releases/releases.json and results/ alone (moebench/releases.py).
+releases-dashboard: $(BIN)/.installed-asv
+	$(BIN)/moebench releases publish --history docs/releases
 
 # The dashboard test drives Debian's chromium: browser builds of their own cannot be downloaded
 # offline, a Debian package can. CI runs as root; elsewhere sudo. Without apt the test skips

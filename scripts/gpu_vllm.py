@@ -34,7 +34,7 @@ from moebench.impls import implementations
 from moebench.impls.vllm import MODULE_ENV, check_library_path, file_sha256
 from moebench.models import resolve, shipped_models
 from moebench.results import FAILED, OK, SKIPPED
-from moebench.sweep import SweepSpec, run_sweep, validate_row_bytes
+from moebench.sweep import Measurer, SweepSpec, run_sweep, validate_row_bytes
 from moebench.timing import TimerConfig, default_calls_per_graph
 
 MODULE_FILE = "moe_permute_unpermute.py"
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
         path = out / (model.replace("/", "__") + ".json")
         meta = {"script": "scripts/gpu_vllm.py", "argv": argv, "shape": shape.summary(),
                 "binding": summary["binding"]}
-        results += run_sweep(spec, device, timer, registry, json_path=str(path), meta=meta, console=err)
+        results += run_sweep(spec, timer, Measurer(device, registry), json_path=str(path), meta=meta, console=err)
         err.print(f"{model}: done at {time.monotonic() - start:.0f} s")
     for r in results:
         medians = {op.op: round(op.median_us, 3) for op in r.ops}

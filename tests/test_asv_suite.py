@@ -122,7 +122,7 @@ def test_measure_grid_on_cpu(tmp_path, monkeypatch):
 
     registry = moebench.impls.implementations
     monkeypatch.setattr(moebench.impls, "implementations",
-                        lambda lib=None: {**registry(lib), "reference-custom": WrongCustom()})
+                        lambda lib=None, module=None: {**registry(lib, module), "reference-custom": WrongCustom()})
     tiny = model_dir(tmp_path, "tiny")
     odd = model_dir(tmp_path, "odd", hidden_size=24)  # 24 fp8 bytes: not a multiple of 16
     cfg = SuiteConfig(models=(tiny, odd), dtype_modes=("auto", "fp8_w8a8"),

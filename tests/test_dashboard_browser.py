@@ -281,6 +281,17 @@ def page(tmp_path_factory):
         log.close()
 
 
+def _screenshot(page, name: str) -> Path:
+    """The page once it has painted, in out/test-artifacts/NAME (and docs/NAME with
+    MOEBENCH_UPDATE_DOCS=1: the README's pictures come from here)."""
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    shot = ARTIFACTS / name
+    page.screenshot(shot)
+    if os.environ.get("MOEBENCH_UPDATE_DOCS") == "1":
+        shutil.copyfile(shot, REPO / "docs" / name)
+    return shot
+
+
 def _names(html: Path) -> list[str]:
     index = json.loads((html / "index.json").read_text())
     return [b.get("pretty_name") or name for name, b in index["benchmarks"].items()]
@@ -327,12 +338,7 @@ def test_dashboard_offline_lists_benchmarks_and_plots_history(published, serve, 
     page.settle()
     assert page.problems(origin) == []
 
-    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    shot = ARTIFACTS / "dashboard.png"
-    page.screenshot(shot)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("MOEBENCH_UPDATE_DOCS") == "1":
-        shutil.copyfile(shot, REPO / "docs" / "dashboard.png")
+    assert _screenshot(page, "dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
@@ -407,11 +413,7 @@ def test_overview_rows_highlight_sort_and_link_into_asv(overview_site, serve, pa
     assert "+12." in first or "+11." in first
     page.settle()
     assert page.problems(origin) == []
-    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    shot = ARTIFACTS / "overview.png"
-    page.screenshot(shot)
-    if os.environ.get("MOEBENCH_UPDATE_DOCS") == "1":
-        shutil.copyfile(shot, REPO / "docs" / "overview.png")
+    _screenshot(page, "overview.png")
 
     # follow the regressed T=256 value into asv's graph of that series
     href = page.evaluate("$('#overview tbody tr.regressed td.regressed-cell a').attr('href')")
@@ -443,3 +445,31 @@ def test_publish_offline_names_a_page_that_is_not_text_and_skips_a_dangling_link
     (tmp_path / "latin1.html").write_bytes("<p>caf\xe9</p>".encode("latin-1"))
     assert cli.main(["publish-offline", str(tmp_path)]) == 2
     assert "latin1.html is not UTF-8 text" in capsys.readouterr().err
+
+
+RELEASES = REPO / "docs" / "releases"
+
+
+@pytest.mark.slow
+def test_committed_release_dashboard_plots_every_release_offline(serve, page):
+    """The release history as committed (``moebench releases publish`` output in docs/releases):
+    one permute series, Mixtral T=1 through vllm-ops, has a point for every release recorded."""
+    from moebench.alerts import graph_url, load_series
+
+    manifest = json.loads((RELEASES / "releases.json").read_text())["releases"]
+    timed = [r for r in manifest if r.get("loads")]
+    assert len(timed) >= 10
+    series = next(s for s in load_series(RELEASES / "results", None)
+                  if s.benchmark == "moe.WarmL2.track_permute" and dict(s.params) ==
+                  {"model": "'mistralai/Mixtral-8x7B-Instruct-v0.1'", "dtype": "'auto'", "impl": "'vllm-ops'", "tokens": "1"})
+    origin = serve(RELEASES / "html")
+    page.open("about:blank")
+    page.open(f"{origin}/{graph_url('asv.html', series)}")
+    counts = page.wait_for(
+        "window.jQuery && (() => { const p = $('#main-graph').data('plot');"
+        " return p && p.getData().map(s => s.data.filter(d => d && d[1] !== null && isFinite(d[1])).length)"
+        "   .filter(n => n > 0); })()", "the release history graph")
+    assert counts == [len(timed)]  # one line, one point per release
+    page.settle()
+    assert page.problems(origin) == []
+    _screenshot(page, "releases.png")

@@ -27,7 +27,7 @@ from moebench.fanout import Pool, measure_points, run_sweep_ray
 from moebench.impls import implementations
 from moebench.models import resolve
 from moebench.results import load
-from moebench.sweep import SweepSpec, run_sweep
+from moebench.sweep import Measurer, SweepSpec, run_sweep
 from moebench.timing import TimerConfig
 from test_cli import assert_bad_input, model_dir, moebench
 
@@ -80,7 +80,7 @@ def test_ray_sweep_gives_the_single_process_points_in_order(cluster, tmp_path):
     shape = resolve(str(model_dir(tmp_path)))
     spec = SweepSpec(shape, ("auto",), ("reference-standard", "reference-custom", "vllm-custom"),
                      batch_sizes=(1, 7, 32))
-    local = run_sweep(spec, torch.device("cpu"), TIMER, implementations())
+    local = run_sweep(spec, TIMER, Measurer(torch.device("cpu"), implementations()))
     fanned = run_sweep_ray(spec, TIMER, num_workers=2, json_path=str(tmp_path / "r.json"))
     assert summary(fanned) == summary(local)
     assert [r.status for r in fanned].count("ok") == 6  # the vLLM ones are skipped, with reasons

@@ -217,7 +217,8 @@ def venv(tmp_path_factory):
 def install(venv: Path, index: Path, sha: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MOEBENCH_WHEEL_INDEX": str(index), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "PIP_NO_INDEX": "1", "PYTHONPATH": ""}
-    return subprocess.run([str(venv), str(REPO / "scripts" / "asv_install.py"), "--commit", sha, *extra],
+    return subprocess.run([str(venv), str(REPO / "scripts" / "asv_install.py"), "--mode", "wheel", "--commit", sha,
+                           *extra],
                           env=env, capture_output=True, text=True)
 
 
@@ -234,7 +235,7 @@ def test_install_verifies_the_commit_and_rejects_another(venv, tmp_path):
     publish(index, SHA_A, dev_wheel(index, SHA_A))
     ok = install(venv, index, SHA_A)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "verified commit 4ba787ec9 (__commit_id__ of vllm/_version.py)" in ok.stdout
+    assert "verified commit 4ba787ec9 (__commit_id__ of the installed vllm/_version.py)" in ok.stdout
     assert installed_version(venv) == "0.33.1.dev7+g4ba787ec9"
 
     # Commit B's folder serves a wheel built from commit A (a stale fallback): rejected, removed.
@@ -258,7 +259,7 @@ def test_install_legacy_layout_and_release_tags(venv, tmp_path):
     standin_wheel(index / SHA_C, wheels.LEGACY_WHEEL, version, SETUPTOOLS_SCM.format(version=version))
     legacy = install(venv, index, SHA_C)
     assert legacy.returncode == 0, legacy.stdout + legacy.stderr
-    assert f"verified commit {SHA_C[:9]} (version {version} in vllm/_version.py)" in legacy.stdout
+    assert f"verified commit {SHA_C[:9]} (version {version} in the installed vllm/_version.py)" in legacy.stdout
 
     # A release wheel that names no commit: accepted only where the checkout's tag says so.
     repo = tmp_path / "vllm"

@@ -1,4 +1,4 @@
-"""argparse value types shared by the CLI's subcommands: an integer flag with a lower bound."""
+"""argparse value types shared by the CLI's subcommands: numbers with a lower bound."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def positive_seconds(text: str) -> float:
+    """A ``type=`` for argparse: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
 
 
 positive_int = int_at_least(1)

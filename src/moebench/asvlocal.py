@@ -56,7 +56,7 @@ def environment_state() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _git(repo: Path, *args: str, env: Mapping[str, str]) -> str:
+def git(repo: Path, *args: str, env: Mapping[str, str]) -> str:
     proc = subprocess.run(["git", "-C", str(repo), *args], env=dict(env), capture_output=True, text=True)
     if proc.returncode != 0:
         raise BadInput(f"git {' '.join(args)} in {repo} failed: {proc.stderr.strip()}")
@@ -70,30 +70,35 @@ def commit_state(repo: Path, state: str, env: Mapping[str, str] = os.environ) ->
            "GIT_COMMITTER_NAME": "moebench", "GIT_COMMITTER_EMAIL": "moebench@localhost", **env}
     if not (repo / ".git").is_dir():
         repo.mkdir(parents=True, exist_ok=True)
-        _git(repo, "init", "-q", "-b", "main", env=env)
+        git(repo, "init", "-q", "-b", "main", env=env)
     path = repo / STATE_FILE
-    if not path.is_file() or path.read_text() != state or not _git(repo, "rev-list", "-n1", "--all", env=env):
+    if not path.is_file() or path.read_text() != state or not git(repo, "rev-list", "-n1", "--all", env=env):
         path.write_text(state)
-        _git(repo, "add", STATE_FILE, env=env)
-        _git(repo, "-c", "commit.gpgsign=false", "commit", "-q", "-m", state, env=env)
-    return _git(repo, "rev-parse", "HEAD", env=env)
+        git(repo, "add", STATE_FILE, env=env)
+        git(repo, "-c", "commit.gpgsign=false", "commit", "-q", "-m", state, env=env)
+    return git(repo, "rev-parse", "HEAD", env=env)
 
 
-def write_config(work: Path, repo: Path, html: Path,
-                 project_conf: Path = REPO_ROOT / "asv.conf.json") -> Path:
-    """The project's asv config, pointed at the stand-in repository; paths absolute."""
+def write_config(work: Path, repo: Path, html: Path, project_conf: Path = REPO_ROOT / "asv.conf.json",
+                 results: Path | None = None, **overrides) -> Path:
+    """The project's asv config, pointed at the stand-in repository; paths absolute (the install
+    commands still run in the project's folder); ``overrides`` replace any other key."""
     from asv import util
 
     conf = util.load_json(str(project_conf), js_comments=True)
+    home = str(project_conf.parent.resolve())
+    for key in ("install_command", "uninstall_command", "build_command"):
+        conf[key] = [c.replace("{conf_dir}", home) for c in conf.get(key, [])]
     conf.update({
         "project": "moebench (this environment)",
         "repo": str(repo.resolve()),
         "branches": ["main"],
         "show_commit_url": "#",
         "benchmark_dir": str((project_conf.parent / conf.get("benchmark_dir", "benchmarks")).resolve()),
-        "results_dir": str((work / "results").resolve()),
+        "results_dir": str((results or work / "results").resolve()),
         "env_dir": str((work / "env").resolve()),
         "html_dir": str(html.resolve()),
+        **overrides,
     })
     work.mkdir(parents=True, exist_ok=True)
     path = work / "asv.conf.json"

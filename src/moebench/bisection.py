@@ -254,8 +254,10 @@ def save_state(path: Path, state: dict[str, Bisection]) -> None:
     atomic_write(path, lambda f: json.dump(payload, f, indent=1))
 
 
-def from_alerts(report: dict, machine: str | None, results: Path, runner: Runner) -> list[Bisection]:
-    """A bisection for every regression whose range holds more than one commit."""
+def from_alerts(report: dict, machine: str | None, results: Path,
+                runner: Runner) -> tuple[list[Bisection], dict[str, list[str]]]:
+    """A bisection for every regression whose range holds more than one commit; and the others:
+    culprit commit -> the entries whose alert already names it (good and bad are adjacent)."""
     from .alerts import load_series
 
     try:
@@ -266,14 +268,15 @@ def from_alerts(report: dict, machine: str | None, results: Path, runner: Runner
     for s in load_series(results, [machine] if machine else None):
         for m in s.measurements:
             values[(s.machine, s.entry, m.commit)] = list(m.samples)
-    out = []
+    out, adjacent = [], {}
     for r in regressions:
         if machine and r["machine"] != machine:
             continue
         good, bad = r["before_commits"][-1], r["commit"]
         commits = runner.commits_between(good, bad)
-        if len(commits) <= 2:
-            continue  # adjacent: the alert already names the commit
+        if len(commits) <= 2:  # adjacent: the alert already names the commit
+            adjacent.setdefault(bad, []).append(r["entry"])
+            continue
         b = Bisection(machine=r["machine"], benchmark=r["benchmark"], entry=r["entry"],
                       params=[[k, v] for k, v in r["params"].items()], unit=r["unit"],
                       threshold=float(r["threshold"]), alpha=alpha, commits=commits,
@@ -284,7 +287,7 @@ def from_alerts(report: dict, machine: str | None, results: Path, runner: Runner
         if not all(c in b.values for c in {*b.baseline, bad}):
             raise BadInput(f"{b.entry} on {b.machine}: the alert's commits have no stored rounds in {results}")
         out.append(b)
-    return out
+    return out, adjacent
 
 
 def _interval(values: Sequence[float], unit: str) -> str:
@@ -353,8 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = json.loads(args.alerts.read_text())
         except (OSError, ValueError) as exc:
             raise BadInput(f"cannot read --alerts {args.alerts}: {exc}") from None
-        for b in from_alerts(report, args.machine, args.results, runner):
+        found, adjacent = from_alerts(report, args.machine, args.results, runner)
+        for b in found:
             state.setdefault(b.key, b)
+    else:
+        adjacent = {}
     budget = args.max_commits
     touched = []
     for b in sorted(state.values(), key=lambda b: b.key):  # unfinished ones first, in a stable order
@@ -372,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     subject = functools.cache(runner.subject)  # one git call per culprit, for markdown and JSON
     blocks = {b.key: markdown(b, subject, link) for b in touched}
     text = "\n".join(["## Bisections", ""] + list(blocks.values())) if blocks else "## Bisections\n\nnone to run\n"
+    if adjacent:
+        text += "\n## Culprits the alerts name directly (no commit between good and bad)\n\n" + "".join(
+            f"- **{link(c)} {subject(c)}**: {len(entries)} series, e.g. `{entries[0]}`\n"
+            for c, entries in adjacent.items())
     issues = [{"key": f"{b.benchmark}@{b.machine}", "title": f"Performance regression: {b.benchmark} on {b.machine}",
                "labels": [ISSUE_LABEL], "body": blocks[b.key]} for b in touched if b.status != RUNNING]
     if args.markdown:

@@ -16,19 +16,19 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .argtypes import non_negative_int, positive_int
+from .argtypes import non_negative_int, positive_int, positive_seconds
 from .errors import BadInput
 from .models import DEFAULT_MODEL, resolve, shipped_models
 # Torch-free at import (``moebench -h`` answers at once): modules that import torch load in the
 # commands that need them.
 from .axes import BATCH_SIZES, DTYPE_MODES, L2_MODES, ROUTINGS, TimerConfig
 
-SUBCOMMANDS = ("info", "impls", "alerts", "bisect", "overview", "plot-history", "publish-offline")
+SUBCOMMANDS = ("info", "impls", "alerts", "bisect", "overview", "plot-history", "publish-offline", "releases")
 # Subcommands owned by other modules: each exposes ``main(argv) -> int`` and raises BadInput for
 # user errors. Imported only when used, so `moebench --help` stays fast.
 EXTERNAL = {"alerts": "moebench.alerts", "bisect": "moebench.bisection", "overview": "moebench.overview",
             "plot-history": "moebench.history",
-            "publish-offline": "moebench.dashboard"}
+            "publish-offline": "moebench.dashboard", "releases": "moebench.releases"}
 
 
 # Packages some subcommands need that a plain install lacks -> the extra that brings them.
@@ -81,6 +81,12 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="latency vs batch size and %% of floor")
     p.add_argument("--resume", action="store_true",
                    help="keep the points already in --json and measure only the rest")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure in a worker process that is replaced when a kernel faults, crashes "
+                        "or hangs, so that costs one point (default: on for CUDA devices; "
+                        "--no-isolate keeps everything in this process, e.g. under a profiler)")
+    p.add_argument("--point-timeout", type=positive_seconds, metavar="SECONDS",
+                   help="watchdog per point with --isolate (default: 60 s + 2 ms per token)")
     p.add_argument("--ray", action="store_true",
                    help="spread points over every GPU of a local Ray cluster (one worker per GPU)")
     p.add_argument("--ray-address", metavar="ADDR",
@@ -248,10 +254,16 @@ def cmd_sweep(argv: Sequence[str]) -> int:
                                 address=args.ray_address, num_workers=args.ray_workers,
                                 json_path=args.json, resume=args.resume, meta=meta, console=err)
     else:
+        from .isolate import measurer_for
         from .sweep import run_sweep
 
-        results = run_sweep(spec, device, timer, registry, json_path=args.json,
-                            resume=args.resume, meta=meta, console=err)
+        with measurer_for(device, registry, isolate=args.isolate, point_timeout_s=args.point_timeout,
+                          vllm_ops_library=args.vllm_ops_library) as measurer:
+            results = run_sweep(spec, timer, measurer, json_path=args.json, resume=args.resume,
+                                meta=meta, console=err)
+            if getattr(measurer, "recoveries", None):
+                err.print(f"[yellow]note:[/yellow] {len(measurer.recoveries)} point(s) left the worker "
+                          "unusable; the sweep went on in a fresh process each time")
     from .report import plot, print_report
     from .results import FAILED, write_csv
 

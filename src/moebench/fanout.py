@@ -179,14 +179,14 @@ class Death:
 class _Worker:
     """Body of a Ray actor: one device, set up once, then point after point."""
 
-    def __init__(self, vllm_ops_library: str | None, use_gpu: bool) -> None:
+    def __init__(self, vllm_ops_library: str | None, vllm_module: str | None, use_gpu: bool) -> None:
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError(f"Ray gave this worker GPU(s) {os.environ.get('CUDA_VISIBLE_DEVICES')} "
                                "but torch sees no CUDA device")
         device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         if use_gpu:
             torch.cuda.set_device(device)
-        self.measurer = Measurer(device, implementations(vllm_ops_library))
+        self.measurer = Measurer(device, implementations(vllm_ops_library, vllm_module))
 
     def info(self) -> WorkerInfo:
         import ray
@@ -217,7 +217,7 @@ class Pool:
     timer (the asv suite's warm- and cold-L2 grids), paying Ray's and the workers' start once.
     """
 
-    def __init__(self, *, vllm_ops_library: str | None = None,
+    def __init__(self, *, vllm_ops_library: str | None = None, vllm_module: str | None = None,
                  address: str | None = None, num_workers: int | None = None, console=None) -> None:
         ray = _ray()
         t0 = time.monotonic()
@@ -233,7 +233,7 @@ class Pool:
             use_gpu = bool(self.cluster.gpus)
             actor = ray.remote(_Worker).options(num_gpus=1 if use_gpu else 0, num_cpus=1,
                                                 scheduling_strategy="SPREAD")
-            self._handles = [actor.remote(vllm_ops_library, use_gpu) for _ in range(count)]
+            self._handles = [actor.remote(vllm_ops_library, vllm_module, use_gpu) for _ in range(count)]
             self._live = self._start(ray)
         except BaseException:
             self.close()

@@ -30,9 +30,17 @@ variables give the same parameter lists:
                                asv sample, so asv's median, CI and tests are over rounds
     MOEBENCH_REPLAYS           timed replays per round (default 20)
     MOEBENCH_CALLS_PER_GRAPH   calls per CUDA graph (default 10 with warm L2 on GPU, else 1)
-    MOEBENCH_VLLM_OPS_LIBRARY  a _moe_C*.so to time as ``vllm-ops`` (no vLLM install needed)
+    MOEBENCH_VLLM_OPS_LIBRARY  a _moe_C*.so to time as ``vllm-ops`` (no vLLM install needed);
+                               default: the kernel directory that asv's install step left in this
+                               environment in kernel-library mode (``moebench.kernelwheel``)
+    MOEBENCH_VLLM_MODULE       a moe_permute_unpermute.py for the API paths over that library;
+                               default: the kernel directory's
     MOEBENCH_RAY               auto (default: Ray when it is installed and more than one GPU is
                                visible), off, or a Ray cluster address
+    MOEBENCH_ISOLATE           auto (default: on for CUDA), on or off: measure in a worker process
+                               replaced when a kernel faults, crashes or hangs (``moebench.isolate``)
+    MOEBENCH_POINT_TIMEOUT     seconds one point may take before its worker is killed (default
+                               60 s + 2 ms per token)
 """
 
 from __future__ import annotations
@@ -42,10 +50,11 @@ import itertools
 import os
 import time
 from array import array
+from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping
 
-from .argtypes import positive_int
+from .argtypes import positive_int, positive_seconds
 from .axes import BATCH_SIZES, DTYPE_MODES, IMPLS, L2_MODES, OPS  # noqa: F401  (OPS: the suite's ops)
 from .errors import BadInput
 from .models import DEFAULT_MODEL
@@ -61,6 +70,7 @@ L2_CLASSES = {"warm": "WarmL2", "cold": "ColdL2"}
 # collector pause), the number asv shows is their median.
 RECIPE_VERSION = "3"
 
+ISOLATE = {"auto": None, "on": True, "off": False}  # MOEBENCH_ISOLATE -> SuiteConfig.isolate
 GridKey = tuple[str, str, str, str, int]  # (l2, model, dtype, impl, tokens): a class's combination
 
 
@@ -125,6 +135,21 @@ def _choose(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tupl
     return values
 
 
+def _one_of(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    """One of ``allowed`` (the first is the default)."""
+    value = env.get(name, "").strip() or allowed[0]
+    if value not in allowed:
+        raise BadInput(f"{name}={value!r}: choose one of {', '.join(allowed)}")
+    return value
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        return positive_seconds(text)
+    except argparse.ArgumentTypeError as exc:
+        raise BadInput(f"{name}: {exc}") from None
+
+
 def _positive(name: str, text: str) -> int:
     try:
         return positive_int(text)
@@ -143,11 +168,17 @@ class SuiteConfig:
     replays: int = 20  # per round
     calls_per_graph: int | None = None  # None: the timer's default for the device and L2 mode
     vllm_ops_library: str | None = None
+    vllm_module: str | None = None
     ray: str = "auto"  # "auto", "off" or a Ray cluster address
+    isolate: bool | None = None  # None: on for CUDA devices
+    point_timeout_s: float | None = None  # None: isolate.watchdog_s's default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "SuiteConfig":
+        from .kernelwheel import installed
+
         sizes = _split(env, "MOEBENCH_BATCH_SIZES", tuple(map(str, BATCH_SIZES)))
+        kernels = installed()
         calls = env.get("MOEBENCH_CALLS_PER_GRAPH", "").strip()
         return cls(
             models=_split(env, "MOEBENCH_MODELS", (DEFAULT_MODEL,)),
@@ -159,8 +190,14 @@ class SuiteConfig:
             replays=_positive("MOEBENCH_REPLAYS",
                               env.get("MOEBENCH_REPLAYS", "").strip() or str(cls.replays)),
             calls_per_graph=_positive("MOEBENCH_CALLS_PER_GRAPH", calls) if calls else None,
-            vllm_ops_library=env.get("MOEBENCH_VLLM_OPS_LIBRARY", "").strip() or None,
+            vllm_ops_library=env.get("MOEBENCH_VLLM_OPS_LIBRARY", "").strip()
+            or (str(kernels.library_path) if kernels else None),
+            vllm_module=env.get("MOEBENCH_VLLM_MODULE", "").strip()
+            or (str(kernels.module_path) if kernels and kernels.module else None),
             ray=env.get("MOEBENCH_RAY", "").strip() or "auto",
+            isolate=ISOLATE[_one_of(env, "MOEBENCH_ISOLATE", tuple(ISOLATE))],
+            point_timeout_s=_seconds("MOEBENCH_POINT_TIMEOUT", timeout) if (timeout := env.get(
+                "MOEBENCH_POINT_TIMEOUT", "").strip()) else None,
         )
 
     @property
@@ -197,11 +234,14 @@ def _use_ray(cfg: SuiteConfig) -> bool:
     return importlib.util.find_spec("ray") is not None and torch.cuda.device_count() > 1
 
 
-def measure_grid(cfg: SuiteConfig) -> Grid:
-    """Measure every combination of ``cfg``, each selected L2 mode: the suite's ``setup_cache``."""
+def measure_grid(cfg: SuiteConfig, registry_factory=None) -> Grid:
+    """Measure every combination of ``cfg``, each selected L2 mode: the suite's ``setup_cache``.
+    ``registry_factory`` builds the implementations instead of ``impls.implementations`` (tests
+    and evidence tools with implementations of their own)."""
     import torch
 
     from .impls.vllm import check_library_path
+    from .kernelwheel import installed
     from .models import resolve
     from .results import FAILED, SKIPPED
     from .sweep import SweepSpec, validate_row_bytes
@@ -209,6 +249,9 @@ def measure_grid(cfg: SuiteConfig) -> Grid:
 
     if cfg.vllm_ops_library:
         check_library_path(cfg.vllm_ops_library)
+    if (kernels := installed()) is not None and cfg.vllm_ops_library == str(kernels.library_path):
+        print(f"moebench: kernel-library mode: vLLM {kernels.version} (commit {kernels.commit or 'unknown'}, "
+              f"{kernels.library}, sha256 {kernels.library_sha256[:16]})", flush=True)
     started = time.perf_counter()
     left_out = Measured(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
     grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
@@ -239,18 +282,24 @@ def measure_grid(cfg: SuiteConfig) -> Grid:
         from .fanout import Pool
 
         # One pool for both L2 modes: Ray and its workers start once.
-        with Pool(vllm_ops_library=cfg.vllm_ops_library,
+        with Pool(vllm_ops_library=cfg.vllm_ops_library, vllm_module=cfg.vllm_module,
                   address=None if cfg.ray == "auto" else cfg.ray) as pool:
             device = torch.device(pool.cluster.device_type)
             results = [r for l2 in cfg.l2_modes
                        for r in pool.measure([p for p in points if p.l2 == l2], timer(device, l2))]
     else:
         from .impls import implementations
-        from .sweep import Measurer
+        from .isolate import measurer_for
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        measurer = Measurer(device, implementations(cfg.vllm_ops_library))
-        results = [measurer.run(p, timer(device, p.l2)) for p in points]
+        registry = (registry_factory or implementations)(cfg.vllm_ops_library, cfg.vllm_module)
+        with measurer_for(device, registry, isolate=cfg.isolate, point_timeout_s=cfg.point_timeout_s,
+                          vllm_ops_library=cfg.vllm_ops_library, vllm_module=cfg.vllm_module,
+                          registry_factory=registry_factory) as measurer:
+            results = [measurer.run(p, timer(device, p.l2)) for p in points]
+            for r in getattr(measurer, "recoveries", ()):
+                print(f"moebench: {r.point} left its worker unusable ({r.reason}); a fresh one took "
+                      f"{r.seconds:.1f} s to start", flush=True)
 
     by_key = {r.point.key: r for r in results}
     for key, p in keyed:
@@ -268,4 +317,7 @@ def measure_grid(cfg: SuiteConfig) -> Grid:
           f"{time.perf_counter() - started:.1f} s", flush=True)
     for key, why in failed.items():
         print(f"moebench: failed {'/'.join(map(str, key))}: {why}", flush=True)
+    reasons = Counter((key[3], m.skipped) for key, m in grid.items() if m.skipped is not None and key[0] in cfg.l2_modes)
+    for (impl, why), count in reasons.items():
+        print(f"moebench: n/a {impl} at {count} points: {why}", flush=True)
     return grid

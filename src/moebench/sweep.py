@@ -264,10 +264,10 @@ class Measurer:
         return run_point(point, impl, self.device, timer, self.ceiling, self.nvml)
 
 
-def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
-              registry: dict[str, Implementation], *, json_path: str | None = None,
+def run_sweep(spec: SweepSpec, timer: TimerConfig, measurer, *, json_path: str | None = None,
               resume: bool = False, meta: dict | None = None, console=None) -> list[PointResult]:
-    """Measure every point of ``spec`` in order on one device, saving after each point.
+    """Measure every point of ``spec`` in order with ``measurer`` (a ``Measurer``, or an
+    ``isolate.IsolatedMeasurer``), saving after each point.
 
     With ``resume``, points already in ``json_path`` (except failed ones) are kept, not re-measured.
     """
@@ -275,7 +275,6 @@ def run_sweep(spec: SweepSpec, device: torch.device, timer: TimerConfig,
 
     previous = previous_file(json_path, resume, timer)
     kept = previous.kept()
-    measurer = Measurer(device, registry)
     meta = previous.meta_for({**(meta or {}), "ceiling": asdict(measurer.ceiling)})
     out = ResultsFile(json_path, meta, previous.outside(spec.points())) if json_path else None
     results: list[PointResult] = []

@@ -1,5 +1,13 @@
 """asv's per-commit install step: vLLM's prebuilt wheel for exactly the requested commit.
 
+Two modes, chosen by ``$MOEBENCH_VLLM_INSTALL`` (``--mode``):
+- ``kernels`` (default, the nightly's): only the wheel's kernel library and the customized
+  path's module are taken out of the cached wheel (``moebench.kernelwheel``) and timed in the
+  runner's own torch, so a step between commits can come from the kernels only; a library that
+  does not load into that torch leaves the commit's points n/a, with the reason;
+- ``wheel``: the whole wheel is installed with the torch it pins, and moebench editable beside
+  it: every path vLLM's Python has (the standard path, the customized one of every release).
+
 Where the wheels are (root ``https://wheels.vllm.ai``, or ``$MOEBENCH_WHEEL_INDEX``: a mirror URL
 or a local directory laid out the same way):
 - ``<root>/<sha>/vllm/`` is a PEP 503 page listing the commit's wheels (vLLM's per-commit index
@@ -41,10 +49,15 @@ from typing import Sequence
 from urllib.parse import unquote, urljoin, urlsplit
 from urllib.request import url2pathname
 
+from .errors import BadInput
+
 DEFAULT_INDEX = "https://wheels.vllm.ai"
 INDEX_ENV = "MOEBENCH_WHEEL_INDEX"
 VARIANT_ENV = "MOEBENCH_WHEEL_VARIANT"
 LEGACY_WHEEL = "vllm-1.0.0.dev-cp38-abi3-manylinux1_x86_64.whl"
+MODE_ENV = "MOEBENCH_VLLM_INSTALL"
+MODES = ("kernels", "wheel")  # the first is the default
+RUNNER_PYTHON = ".venv/bin/python"  # relative to the checkout (asv runs the step there): make venv's
 MIN_SHA_CHARS = 7
 TIMEOUT_S = 60
 
@@ -190,6 +203,20 @@ def sha_in_version(version: str) -> str | None:
     return None
 
 
+def identity(version_source: str | None, dist_version: str, where: str) -> InstalledVllm:
+    """Which vLLM build a ``vllm/_version.py`` text (None where there is none) and the
+    distribution's version say this is; ``where`` names the files in messages."""
+    values = _assigned_strings(version_source) if version_source is not None else {}
+    scm_version = values.get("__version__") or values.get("version") or dist_version
+    commit_id = values.get("__commit_id__") or values.get("commit_id")
+    if commit_id and re.fullmatch(rf"g?[0-9a-f]{{{MIN_SHA_CHARS},40}}", commit_id):
+        return InstalledVllm(scm_version, commit_id.removeprefix("g"), f"__commit_id__ of {where} vllm/_version.py")
+    for version, src in ((scm_version, f"{where} vllm/_version.py"), (dist_version, f"{where} metadata")):
+        if (sha := sha_in_version(version)) is not None:
+            return InstalledVllm(scm_version, sha, f"version {version} in {src}")
+    return InstalledVllm(scm_version, None, f"no commit in {where} vllm/_version.py or metadata")
+
+
 def installed_vllm() -> InstalledVllm | None:
     """The vLLM installed for this interpreter, read from its files (vLLM is not imported)."""
     importlib.invalidate_caches()
@@ -198,15 +225,7 @@ def installed_vllm() -> InstalledVllm | None:
     except metadata.PackageNotFoundError:
         return None
     version_file = Path(str(dist.locate_file("vllm/_version.py")))
-    values = _assigned_strings(version_file.read_text()) if version_file.is_file() else {}
-    scm_version = values.get("__version__") or values.get("version") or dist.version
-    commit_id = values.get("__commit_id__") or values.get("commit_id")
-    if commit_id and re.fullmatch(rf"g?[0-9a-f]{{{MIN_SHA_CHARS},40}}", commit_id):
-        return InstalledVllm(scm_version, commit_id.removeprefix("g"), "__commit_id__ of vllm/_version.py")
-    for version, where in ((scm_version, "vllm/_version.py"), (dist.version, "the wheel's metadata")):
-        if (sha := sha_in_version(version)) is not None:
-            return InstalledVllm(scm_version, sha, f"version {version} in {where}")
-    return InstalledVllm(scm_version, None, "no commit in vllm/_version.py or the wheel's metadata")
+    return identity(version_file.read_text() if version_file.is_file() else None, dist.version, "the installed")
 
 
 def _tags_at(checkout: Path, sha: str) -> list[str]:
@@ -256,20 +275,39 @@ def install(sha: str, root: str, variant: str | None = None, checkout: Path | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import kernelwheel
+
     p = argparse.ArgumentParser(prog="asv_install", description=__doc__.splitlines()[0])
     p.add_argument("--commit", required=True, help="full hash of the vLLM commit")
     p.add_argument("--checkout", type=Path, help="vLLM checkout at that commit (asv's {build_dir}): "
                                                   "release tags for wheels that carry no commit")
     p.add_argument("--variant", default=os.environ.get(VARIANT_ENV) or None,
                    help=f"index variant such as cu130 (default ${VARIANT_ENV}, else the default build)")
+    p.add_argument("--mode", choices=MODES, default=os.environ.get(MODE_ENV, "").strip() or MODES[0],
+                   help=f"kernels: only the commit's kernel library, timed in the runner's torch; wheel: "
+                        f"the whole wheel with the torch it pins (default ${MODE_ENV}, else kernels)")
+    p.add_argument("--torch-python", default=os.environ.get(kernelwheel.TORCH_PYTHON_ENV) or RUNNER_PYTHON,
+                   help=f"kernel mode: the interpreter whose torch times the kernels "
+                        f"(default ${kernelwheel.TORCH_PYTHON_ENV}, else {RUNNER_PYTHON})")
+    p.add_argument("--editable-moebench", action="store_true",
+                   help="wheel mode: then install this moebench checkout editable (kernel mode "
+                        "imports it from the checkout anyway)")
     args = p.parse_args(argv)
     if not re.fullmatch(r"[0-9a-fA-F]{40}", args.commit):
         print(f"asv_install: error: --commit must be a full 40-hex hash, got {args.commit!r}",
               file=sys.stderr)
         return 2
+    sha = args.commit.lower()
     try:
-        install(args.commit.lower(), index_root(), args.variant, args.checkout)
-    except WheelError as exc:
+        if args.mode == "kernels":
+            kernelwheel.install_kernels(sha, index_root(), args.variant, args.checkout,
+                                        args.torch_python, kernelwheel.cache_dir(),
+                                        Path(os.environ.get(kernelwheel.LEDGER_ENV) or kernelwheel.LEDGER))
+        else:
+            install(sha, index_root(), args.variant, args.checkout)
+            if args.editable_moebench:
+                _pip("install", "--progress-bar", "off", "--editable", str(kernelwheel.SRC.parent))
+    except (WheelError, BadInput) as exc:
         print(f"asv_install: error: {exc}", file=sys.stderr)
         return 1
     return 0

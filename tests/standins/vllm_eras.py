@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,15 +244,26 @@ def _kernel_for(schema: str, supported: bool):
 _LIBRARIES: dict[str, torch.library.Library] = {}
 
 
-def register(schemas, namespace: str, dispatch_key: str = "CPU", supported: bool = True) -> Any:
+def _slowed(kernel, seconds: float):
+    def slow(*args):
+        time.sleep(seconds)
+        return kernel(*args)
+    return slow
+
+
+def register(schemas, namespace: str, dispatch_key: str = "CPU", supported: bool = True,
+             slow_permute_s: float = 0.0) -> Any:
     """Define ``schemas`` under ``namespace`` with the CPU kernels above (ops this file has no
-    kernel for are skipped); returns ``torch.ops.<namespace>``. Once per namespace and process."""
+    kernel for are skipped), ``moe_permute`` slower by ``slow_permute_s`` per call (a commit
+    that made the kernel slower); returns ``torch.ops.<namespace>``. Once per namespace and process."""
     if namespace not in _LIBRARIES:
         lib = torch.library.Library(namespace, "DEF")
         for schema in schemas:
             kernel = _kernel_for(schema, supported)
             if kernel is None:
                 continue
+            if slow_permute_s and schema.startswith("moe_permute("):
+                kernel = _slowed(kernel, slow_permute_s)
             lib.define(schema)
             tensors = "Tensor" in schema.split("->")[0]
             lib.impl(schema.split("(")[0], kernel, dispatch_key if tensors else "CompositeExplicitAutograd")
@@ -607,6 +619,11 @@ def _era_f(ops) -> dict[str, Any]:
 
 
 _API = {"A": _era_a, "B": _era_b, "B'": _era_b2, "C": _era_c, "D": _era_d, "F": _era_f}
+
+
+def api_functions(release: str, ops) -> dict[str, Any]:
+    """The customized path's functions of ``release`` (era C or later), calling ``ops``."""
+    return _API[ERAS[release]](ops)
 
 
 def api_module(release: str, ops) -> types.ModuleType:

@@ -13,15 +13,16 @@ from .base import CUSTOM, STANDARD, Implementation
 from .reference import ReferenceCustom, ReferenceStandard
 
 
-def implementations(vllm_ops_library: str | None = None) -> dict[str, Implementation]:
-    """Every implementation by name, in ``ALL`` order. A ``vllm_ops_library`` that is missing or
-    not a shared library is BadInput here, so every front end rejects it the same way."""
+def implementations(vllm_ops_library: str | None = None, vllm_module: str | None = None) -> dict[str, Implementation]:
+    """Every implementation by name, in ``ALL`` order (vLLM's from ``vllm_ops_library`` and
+    ``vllm_module`` where given: ``impls.vllm``). A ``vllm_ops_library`` that is missing or not a
+    shared library is BadInput here, so every front end rejects it the same way."""
     from .vllm import check_library_path, vllm_implementations
 
     if vllm_ops_library:
         check_library_path(vllm_ops_library)
 
-    found = [ReferenceStandard(), ReferenceCustom(), *vllm_implementations(vllm_ops_library)]
+    found = [ReferenceStandard(), ReferenceCustom(), *vllm_implementations(vllm_ops_library, vllm_module)]
     by_name = {i.name: i for i in found}
     return {name: by_name[name] for name in ALL if name in by_name}
 

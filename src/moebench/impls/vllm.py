@@ -58,6 +58,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import BadInput, one_line
+from ..kernelwheel import file_sha256
 from ..quant import FP8_ALIGN_BLOCK, fp8_dtype, quantize_fp8_per_tensor, unsupported_reason
 from ..routing import MoEInputs
 from .base import CUSTOM, STANDARD, CustomLayout, Implementation, Layout, Run, StandardLayout, gemm_output_standin
@@ -152,14 +153,6 @@ def _has_op(ops: Any, name: str) -> bool:
     except (AttributeError, RuntimeError):
         return False
     return True
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_kernels(path: str) -> Kernels:

@@ -1,0 +1,106 @@
+"""Fault recovery (``moebench.isolate``): a worker process per sweep, replaced when a point leaves it
+unusable (a sticky CUDA error), kills it (``os._exit``, SIGSEGV) or hangs past the watchdog. The
+faults are stand-in kernels (``standins.faults``) in real worker processes on the CPU."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from moebench.axes import TimerConfig
+from moebench.isolate import IsolatedMeasurer, WorkerSetup, is_sticky, watchdog_s
+from moebench.models import resolve
+from moebench.results import FAILED, OK
+from moebench.sweep import SweepSpec
+from standins import faults
+
+TIMER = TimerConfig(calls_per_graph=1, replays=3, rounds=2, warmup=1)
+SIZES = (1, 2, 4, 8)
+
+
+def _points():
+    spec = SweepSpec(shape=resolve("Qwen/Qwen3-30B-A3B"), dtype_modes=("auto",), impls=("reference-custom",),
+                     batch_sizes=SIZES)
+    return spec.points()
+
+
+def _sweep(monkeypatch, fault: str, timeout: float | None = None):
+    monkeypatch.setenv(faults.ENV, fault)
+    with IsolatedMeasurer(WorkerSetup("cpu", registry=faults.registry), point_timeout_s=timeout) as m:
+        results = [m.run(p, TIMER) for p in _points()]
+        return results, list(m.recoveries)
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("sticky@4", f"RuntimeError: {faults.STICKY_ERROR}"),
+    ("exit@4", "the worker process died while measuring it (exit code 3)"),
+    ("segv@4", "the worker process died while measuring it (killed by SIGSEGV)"),
+    ("hang@4", "exceeded the watchdog limit of 3 s; its worker was killed"),
+])
+def test_a_faulting_point_fails_with_its_reason_and_every_other_point_is_measured(monkeypatch, fault, reason):
+    results, recoveries = _sweep(monkeypatch, fault, timeout=3.0)
+    by_t = {r.point.num_tokens: r for r in results}
+    assert [by_t[t].status for t in SIZES] == [OK, OK, FAILED, OK]
+    assert by_t[4].reason.startswith(reason) and by_t[4].reason.endswith("(the rest goes on in a fresh process)")
+    assert all(by_t[t].op("permute").median_us > 0 for t in (1, 2, 8))
+    assert [r.point for r in recoveries] == [by_t[4].point.key] and recoveries[0].seconds > 0
+
+
+def test_without_isolation_a_sticky_error_fails_every_later_point(monkeypatch):
+    """The control: the same stand-in in one process poisons the rest of the sweep."""
+    import torch
+
+    from moebench.sweep import Measurer
+
+    monkeypatch.setenv(faults.ENV, "sticky@4")
+    m = Measurer(torch.device("cpu"), faults.registry())
+    try:
+        statuses = [m.run(p, TIMER).status for p in _points()]
+    finally:
+        faults._poisoned = False
+    assert statuses == [OK, OK, FAILED, FAILED]
+
+
+def test_a_clean_sweep_keeps_one_worker(monkeypatch):
+    results, recoveries = _sweep(monkeypatch, "none@0")
+    assert [r.status for r in results] == [OK] * len(SIZES) and recoveries == []
+
+
+def test_watchdog_scales_with_batch_size_and_can_be_set():
+    small, large = _points()[0], _points()[-1]
+    assert watchdog_s(small) < watchdog_s(large) < watchdog_s(replace(large, num_tokens=65536)) <= 200
+    assert watchdog_s(large, 5.0) == 5.0
+    assert is_sticky("CUDA error: device-side assert triggered") and not is_sticky("CUDA out of memory")
+
+
+def test_the_sweep_saves_every_point_and_the_fault_as_it_goes(monkeypatch, tmp_path):
+    from moebench.isolate import measurer_for
+    from moebench.results import load
+    from moebench.sweep import run_sweep
+
+    import torch
+
+    monkeypatch.setenv(faults.ENV, "segv@2")
+    spec = SweepSpec(shape=resolve("Qwen/Qwen3-30B-A3B"), dtype_modes=("auto",), impls=("reference-custom",),
+                     batch_sizes=SIZES)
+    with measurer_for(torch.device("cpu"), {}, isolate=True, registry_factory=faults.registry) as m:
+        results = run_sweep(spec, TIMER, m, json_path=str(tmp_path / "s.json"))
+    _, on_disk = load(tmp_path / "s.json")
+    assert [(r.point.num_tokens, r.status) for r in on_disk] == [(r.point.num_tokens, r.status) for r in results]
+    assert [r.status for r in on_disk] == [OK, FAILED, OK, OK] and "SIGSEGV" in on_disk[1].reason
+
+
+def test_the_asv_suites_grid_goes_on_after_a_hang(monkeypatch):
+    from moebench import suite
+
+    monkeypatch.setenv(faults.ENV, "hang@2")
+    cfg = suite.SuiteConfig(models=("Qwen/Qwen3-30B-A3B",), dtype_modes=("auto",), impls=("reference-custom",),
+                            batch_sizes=SIZES, l2_modes=("warm",), rounds=2, replays=3, ray="off",
+                            isolate=True, point_timeout_s=3.0)
+    grid = suite.measure_grid(cfg, registry_factory=faults.registry)
+    point = {t: grid[("warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", t)] for t in SIZES}
+    assert "exceeded the watchdog limit of 3 s" in point[2].failed
+    assert all(point[t].failed is None and point[t].op("permute").rounds_s for t in (1, 4, 8))
+    with pytest.raises(suite.PointFailed, match="watchdog"):
+        suite.lookup(grid, "warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", 2)
