@@ -25,9 +25,8 @@ def _points():
     return spec.points()
 
 
-def _sweep(monkeypatch, fault: str, timeout: float | None = None):
-    monkeypatch.setenv(faults.ENV, fault)
-    with IsolatedMeasurer(WorkerSetup("cpu", registry=faults.registry), point_timeout_s=timeout) as m:
+def _sweep(fault: str, timeout: float | None = None):
+    with IsolatedMeasurer(WorkerSetup("cpu", registry=faults.factory(fault)), point_timeout_s=timeout) as m:
         results = [m.run(p, TIMER) for p in _points()]
         return results, list(m.recoveries)
 
@@ -38,8 +37,8 @@ def _sweep(monkeypatch, fault: str, timeout: float | None = None):
     ("segv@4", "the worker process died while measuring it (killed by SIGSEGV)"),
     ("hang@4", "exceeded the watchdog limit of 3 s; its worker was killed"),
 ])
-def test_a_faulting_point_fails_with_its_reason_and_every_other_point_is_measured(monkeypatch, fault, reason):
-    results, recoveries = _sweep(monkeypatch, fault, timeout=3.0)
+def test_a_faulting_point_fails_with_its_reason_and_every_other_point_is_measured(fault, reason):
+    results, recoveries = _sweep(fault, timeout=3.0)
     by_t = {r.point.num_tokens: r for r in results}
     assert [by_t[t].status for t in SIZES] == [OK, OK, FAILED, OK]
     assert by_t[4].reason.startswith(reason) and by_t[4].reason.endswith("(the rest goes on in a fresh process)")
@@ -47,14 +46,13 @@ def test_a_faulting_point_fails_with_its_reason_and_every_other_point_is_measure
     assert [r.point for r in recoveries] == [by_t[4].point.key] and recoveries[0].seconds > 0
 
 
-def test_without_isolation_a_sticky_error_fails_every_later_point(monkeypatch):
+def test_without_isolation_a_sticky_error_fails_every_later_point():
     """The control: the same stand-in in one process poisons the rest of the sweep."""
     import torch
 
     from moebench.sweep import Measurer
 
-    monkeypatch.setenv(faults.ENV, "sticky@4")
-    m = Measurer(torch.device("cpu"), faults.registry())
+    m = Measurer(torch.device("cpu"), faults.registry(fault="sticky@4"))
     try:
         statuses = [m.run(p, TIMER).status for p in _points()]
     finally:
@@ -62,8 +60,8 @@ def test_without_isolation_a_sticky_error_fails_every_later_point(monkeypatch):
     assert statuses == [OK, OK, FAILED, FAILED]
 
 
-def test_a_clean_sweep_keeps_one_worker(monkeypatch):
-    results, recoveries = _sweep(monkeypatch, "none@0")
+def test_a_clean_sweep_keeps_one_worker():
+    results, recoveries = _sweep("none@0")
     assert [r.status for r in results] == [OK] * len(SIZES) and recoveries == []
 
 
@@ -74,33 +72,67 @@ def test_watchdog_scales_with_batch_size_and_can_be_set():
     assert is_sticky("CUDA error: device-side assert triggered") and not is_sticky("CUDA out of memory")
 
 
-def test_the_sweep_saves_every_point_and_the_fault_as_it_goes(monkeypatch, tmp_path):
+def test_the_sweep_saves_every_point_and_the_fault_as_it_goes(tmp_path):
     from moebench.isolate import measurer_for
     from moebench.results import load
     from moebench.sweep import run_sweep
 
     import torch
 
-    monkeypatch.setenv(faults.ENV, "segv@2")
     spec = SweepSpec(shape=resolve("Qwen/Qwen3-30B-A3B"), dtype_modes=("auto",), impls=("reference-custom",),
                      batch_sizes=SIZES)
-    with measurer_for(torch.device("cpu"), {}, isolate=True, registry_factory=faults.registry) as m:
+    with measurer_for(torch.device("cpu"), {}, isolate=True, registry_factory=faults.factory("segv@2")) as m:
         results = run_sweep(spec, TIMER, m, json_path=str(tmp_path / "s.json"))
     _, on_disk = load(tmp_path / "s.json")
     assert [(r.point.num_tokens, r.status) for r in on_disk] == [(r.point.num_tokens, r.status) for r in results]
     assert [r.status for r in on_disk] == [OK, FAILED, OK, OK] and "SIGSEGV" in on_disk[1].reason
 
 
-def test_the_asv_suites_grid_goes_on_after_a_hang(monkeypatch):
+def test_the_asv_suites_grid_goes_on_after_a_hang():
     from moebench import suite
 
-    monkeypatch.setenv(faults.ENV, "hang@2")
     cfg = suite.SuiteConfig(models=("Qwen/Qwen3-30B-A3B",), dtype_modes=("auto",), impls=("reference-custom",),
                             batch_sizes=SIZES, l2_modes=("warm",), rounds=2, replays=3, ray="off",
                             isolate=True, point_timeout_s=3.0)
-    grid = suite.measure_grid(cfg, registry_factory=faults.registry)
+    grid = suite.measure_grid(cfg, registry_factory=faults.factory("hang@2"))
     point = {t: grid[("warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", t)] for t in SIZES}
     assert "exceeded the watchdog limit of 3 s" in point[2].failed
     assert all(point[t].failed is None and point[t].op("permute").rounds_s for t in (1, 4, 8))
     with pytest.raises(suite.PointFailed, match="watchdog"):
         suite.lookup(grid, "warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", 2)
+
+
+def test_a_point_timeout_without_isolation_is_bad_input(capsys):
+    from moebench import cli
+
+    assert cli.main(["--batch-size", "1", "--no-isolate", "--point-timeout", "5"]) == 2
+    assert "a point timeout needs the worker process to kill" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig, code, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_stopping_an_isolated_sweep_keeps_what_was_measured_and_leaves_no_worker(tmp_path, sig, code, word):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    j = tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "moebench", "--isolate", "--batch-size", *map(str, range(2048, 2400, 16)),
+                             "--impl", "reference-custom", "--replays", "2", "--rounds", "2", "--json", str(j)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (j.exists() and json.loads(j.read_text() or "{}").get("results")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.2)
+    os.killpg(proc.pid, getattr(signal, sig))  # as a terminal or a CI runner does: the whole group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and f"moebench: {word}; finished points are in the --json file" in err, err
+    assert "Traceback" not in err
+    left = lambda: subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).stdout  # noqa: E731
+    deadline = time.monotonic() + 10  # multiprocessing's resource tracker follows its parent out
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left() == b""  # no worker left behind

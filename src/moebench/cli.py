@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .argtypes import non_negative_int, positive_int, positive_seconds
-from .errors import BadInput
+from .errors import BadInput, stop_on_sigterm, terminated
 from .models import DEFAULT_MODEL, resolve, shipped_models
 # Torch-free at import (``moebench -h`` answers at once): modules that import torch load in the
 # commands that need them.
@@ -182,6 +182,7 @@ def _select_impls(args, registry, device) -> tuple[tuple[str, ...], list[str]]:
 
 def cmd_sweep(argv: Sequence[str]) -> int:
     args = sweep_parser().parse_args(argv)
+    stop_on_sigterm()
     from rich.console import Console
 
     console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
@@ -252,7 +253,8 @@ def cmd_sweep(argv: Sequence[str]) -> int:
 
         results = run_sweep_ray(spec, timer, vllm_ops_library=args.vllm_ops_library,
                                 address=args.ray_address, num_workers=args.ray_workers,
-                                json_path=args.json, resume=args.resume, meta=meta, console=err)
+                                json_path=args.json, resume=args.resume, meta=meta, console=err,
+                                point_timeout_s=args.point_timeout)
     else:
         from .isolate import measurer_for
         from .sweep import run_sweep
@@ -333,10 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moebench: error: {argv[0] if argv else 'this'} needs {exc.name}, which is not installed "
               f"(pip install 'moebench[{OPTIONAL[exc.name]}]')", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (errors.Terminated)
         saved = "; finished points are in the --json file" if any(a.startswith("--json") for a in argv) else ""
-        print(f"moebench: interrupted{saved}", file=sys.stderr)
-        return 130
+        print(f"moebench: {'terminated' if terminated() else 'interrupted'}{saved}", file=sys.stderr)
+        return 143 if terminated() else 130
 
 
 if __name__ == "__main__":

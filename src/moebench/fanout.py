@@ -12,10 +12,14 @@ reported per card, and no number is ever averaged across cards.
 
 The driver hands out points one at a time (a worker gets the next point as soon as it finishes
 one, so a slower card never holds up the rest) and returns results in grid order. A worker that
-dies (GPU fault, OOM kill, node loss) loses only the point it was measuring: that point goes back
-to the queue for another worker, at most ``MAX_ATTEMPTS`` times in all (a point that kills every
-worker it touches must not take the whole cluster down); a point that cannot be finished becomes
-a failed result whose reason starts with ``lost:``. ``run_sweep_ray`` rewrites the results file
+dies (a crash in a kernel library, an OOM kill, node loss) loses only the point it was measuring:
+that point goes back to the queue for another worker, at most ``MAX_ATTEMPTS`` times in all (a
+point that kills every worker it touches must not take the whole cluster down); a point that
+cannot be finished becomes a failed result whose reason starts with ``lost:``. A worker whose
+point left its CUDA context unusable (``isolate.broken_after``: a sticky error), or that exceeds
+the point's watchdog limit (``isolate.watchdog_s``), is killed and its point failed with that
+reason. Each lost worker is replaced by a fresh one with the same settings and ceiling
+(``recoveries``; ``meta["ray"]["replaced"]``). ``run_sweep_ray`` rewrites the results file
 atomically, in grid order, after every point, so a killed sweep leaves everything finished so
 far and ``--resume`` continues it.
 
@@ -37,8 +41,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import BadInput, one_line
+from .errors import BadInput, one_line, stop_on_sigterm
 from .impls import implementations
+from .isolate import FRESH, Recovery, broken_after, unusable_reason, watchdog_reason, watchdog_s
 from .results import FAILED, Point, PointResult, ResultsFile
 from .roofline import Ceiling, device_name
 from .sweep import Measurer, SweepSpec, previous_file, progress_bar
@@ -179,14 +184,15 @@ class Death:
 class _Worker:
     """Body of a Ray actor: one device, set up once, then point after point."""
 
-    def __init__(self, vllm_ops_library: str | None, vllm_module: str | None, use_gpu: bool) -> None:
+    def __init__(self, vllm_ops_library: str | None, vllm_module: str | None, use_gpu: bool,
+                 registry: Callable[..., dict] | None = None) -> None:
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError(f"Ray gave this worker GPU(s) {os.environ.get('CUDA_VISIBLE_DEVICES')} "
                                "but torch sees no CUDA device")
         device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
         if use_gpu:
             torch.cuda.set_device(device)
-        self.measurer = Measurer(device, implementations(vllm_ops_library, vllm_module))
+        self.measurer = Measurer(device, (registry or implementations)(vllm_ops_library, vllm_module))
 
     def info(self) -> WorkerInfo:
         import ray
@@ -198,8 +204,11 @@ class _Worker:
     def use_ceiling(self, shared: Ceiling) -> None:
         self.measurer.ceiling = shared
 
-    def run(self, point: Point, timer: TimerConfig) -> PointResult:
-        return self.measurer.run(point, timer)
+    def run(self, point: Point, timer: TimerConfig) -> tuple[PointResult, str | None]:
+        """The point's result, and why this process can no longer be trusted with its device
+        (``isolate.broken_after``; the pool then replaces it), or None."""
+        result = self.measurer.run(point, timer)
+        return result, broken_after(result, self.measurer.device)
 
 
 @dataclass(frozen=True)
@@ -218,7 +227,8 @@ class Pool:
     """
 
     def __init__(self, *, vllm_ops_library: str | None = None, vllm_module: str | None = None,
-                 address: str | None = None, num_workers: int | None = None, console=None) -> None:
+                 address: str | None = None, num_workers: int | None = None, console=None,
+                 point_timeout_s: float | None = None, registry: Callable[..., dict] | None = None) -> None:
         ray = _ray()
         t0 = time.monotonic()
         self._owns_ray = not ray.is_initialized()
@@ -226,14 +236,18 @@ class Pool:
         self._handles: list[Any] = []
         self.deaths: list[Death] = []
         self.ran_on: dict[str, int] = {}  # point key -> index of the worker that measured it
+        self.recoveries: list[Recovery] = []  # workers replaced after a fault, a death or a hang
+        self.point_timeout_s = point_timeout_s
         try:
             self.cluster = connect(address)
+            stop_on_sigterm()  # after Ray's own handler, which would abort with a C++ stack
             self._clock = clock_name(torch.device(self.cluster.device_type))
             count = self.cluster.worker_count(num_workers)
             use_gpu = bool(self.cluster.gpus)
             actor = ray.remote(_Worker).options(num_gpus=1 if use_gpu else 0, num_cpus=1,
                                                 scheduling_strategy="SPREAD")
-            self._handles = [actor.remote(vllm_ops_library, vllm_module, use_gpu) for _ in range(count)]
+            self._new = lambda: actor.remote(vllm_ops_library, vllm_module, use_gpu, registry)  # noqa: E731
+            self._handles = [self._new() for _ in range(count)]
             self._live = self._start(ray)
         except BaseException:
             self.close()
@@ -302,7 +316,7 @@ class Pool:
         largest_first = sorted(range(len(points)), key=lambda i: -_size(points[i]))
         queue = deque((i, 1) for i in largest_first)  # (index, attempt)
         idle = list(self._live)
-        running: dict[Any, tuple[_Live, int, int]] = {}
+        running: dict[Any, tuple[_Live, int, int, float]] = {}  # ref -> worker, index, attempt, deadline
         done: dict[int, PointResult] = {}
 
         def finish(i: int, result: PointResult) -> None:
@@ -316,17 +330,29 @@ class Pool:
             while queue or running:
                 while queue and idle:
                     w, (i, attempt) = idle.pop(0), queue.popleft()
-                    running[w.handle.run.remote(points[i], timer)] = (w, i, attempt)
+                    deadline = time.monotonic() + watchdog_s(points[i], self.point_timeout_s)
+                    running[w.handle.run.remote(points[i], timer)] = (w, i, attempt, deadline)
                 if not running:  # points left, workers all dead
                     for i, _ in queue:
                         finish(i, self._lost(points[i], timer, self.deaths[-1], "no live worker left to run it"))
                     break
-                [ref], _ = ray.wait(list(running), num_returns=1)
-                w, i, attempt = running.pop(ref)
+                wait_s = max(0.0, min(deadline for *_, deadline in running.values()) - time.monotonic())
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
+                if not ready:  # the watchdog: every point past its limit costs its worker
+                    for ref in [r for r, v in running.items() if v[3] <= time.monotonic()]:
+                        w, i, _, _ = running.pop(ref)
+                        why = watchdog_reason(watchdog_s(points[i], self.point_timeout_s))
+                        self._bury(w, points[i], why)
+                        finish(i, self._failed(points[i], timer, w.info.device, w.info.node, f"{why} {FRESH}"))
+                        idle += self._replace(w, points[i], why)
+                    progress.update(task, description=self._describe())
+                    continue
+                w, i, attempt, _ = running.pop(ready[0])
                 try:
-                    result = ray.get(ref)
+                    result, broken = ray.get(ready[0])
                 except worker_died as exc:
-                    death = self._bury(w, points[i], exc)
+                    death = self._bury(w, points[i], _death_reason(exc))
+                    idle += self._replace(w, points[i], death.error)
                     progress.update(task, description=self._describe())
                     if not self._live:
                         finish(i, self._lost(points[i], timer, death, "no live worker left to retry it"))
@@ -338,10 +364,16 @@ class Pool:
                         finish(i, self._lost(points[i], timer, death, f"attempt {attempt} of {MAX_ATTEMPTS}"))
                     continue
                 except ray.exceptions.RayTaskError as exc:  # a bug, not a point's own problem
-                    result = self._failed(points[i], timer, w.info.device, w.info.node,
-                                          _one_line(getattr(exc, "cause", None) or exc))
+                    result, broken = self._failed(points[i], timer, w.info.device, w.info.node,
+                                                  _one_line(getattr(exc, "cause", None) or exc)), None
                 self.ran_on[points[i].key] = w.index
-                idle.append(w)
+                if broken is None:
+                    idle.append(w)
+                else:  # its CUDA context is gone: the rest goes to a fresh worker
+                    why = unusable_reason(result, broken)
+                    self._bury(w, points[i], why)
+                    result = replace(result, reason=f"{why} {FRESH}")
+                    idle += self._replace(w, points[i], why)
                 finish(i, result)
         self.sweep_s += time.monotonic() - t0
         return [done[i] for i in range(len(points))]
@@ -350,17 +382,35 @@ class Pool:
         devices = sorted({w.info.device for w in self._live})
         return f"{len(self._live)} Ray worker(s): {', '.join(devices)}"
 
-    def _bury(self, w: _Live, point: Point, exc: BaseException) -> Death:
+    def _bury(self, w: _Live, point: Point, error: str) -> Death:
         ray = _ray()
         self._live = [x for x in self._live if x.index != w.index]
-        try:  # a worker that only became unreachable must not come back and take more points
+        try:  # a worker that only became unreachable, or hangs, must not take more points
             ray.kill(w.handle, no_restart=True)
         except Exception:
             pass
         death = Death(worker=w.index, node=w.info.node, device=w.info.device, pid=w.info.pid,
-                      point=point.key, error=_death_reason(exc))
+                      point=point.key, error=error)
         self.deaths.append(death)
         return death
+
+    def _replace(self, w: _Live, point: Point, reason: str) -> list[_Live]:
+        """A fresh worker in place of ``w``, with its ceiling; [] (and a note) if none starts."""
+        ray = _ray()
+        t0 = time.monotonic()
+        handle = self._new()
+        self._handles.append(handle)
+        try:
+            info = ray.get(handle.info.remote(), timeout=START_TIMEOUT_S)
+            ray.get(handle.use_ceiling.remote(w.info.ceiling))
+        except Exception as exc:
+            self._note(f"no fresh Ray worker could replace worker {w.index}: {_one_line(exc)}")
+            return []
+        fresh = _Live(len(self.workers), handle, replace(info, ceiling=w.info.ceiling))  # indices never repeat
+        self._live.append(fresh)
+        self.workers.append(fresh.info)
+        self.recoveries.append(Recovery(point.key, reason, round(time.monotonic() - t0, 3)))
+        return [fresh]
 
     def meta(self) -> dict[str, Any]:
         """What a results file records of this fan-out: the workers, deaths, who measured what,
@@ -369,6 +419,7 @@ class Pool:
         out: dict[str, Any] = {"ray": {
             "address": self.cluster.address, "workers": [asdict(w) for w in self.workers],
             "died": [asdict(d) for d in self.deaths], "ran_on": dict(self.ran_on),
+            "replaced": [asdict(r) for r in self.recoveries],
             "startup_s": round(self.startup_s, 3), "sweep_s": round(self.sweep_s, 3)}}
         if len(ceilings) == 1:
             (out["ceiling"],) = ceilings.values()
@@ -407,30 +458,10 @@ def _death_reason(exc: BaseException) -> str:
     return _one_line(exc, 160)
 
 
-def measure_points(points: Sequence[Point], timer: TimerConfig, *, vllm_ops_library: str | None = None,
-                   address: str | None = None, num_workers: int | None = None,
-                   console=None) -> list[PointResult]:
-    """Measure ``points`` on every GPU of a Ray cluster at once; results in the order given.
-
-    One call measures a whole grid under one timer. ``address`` None
-    starts a local cluster on this machine (shut down again on return) unless this process is
-    already connected to Ray. ``num_workers`` defaults to the cluster's GPU count (one per node
-    without GPUs). A point whose workers died is a failed result with a ``lost:`` reason; the
-    call itself raises only BadInput (no Ray, cluster unreachable, no worker could start).
-    Grids under several timers (warm and cold L2): one ``Pool`` and ``pool.measure(points, timer)``
-    per timer start Ray and the workers once instead of once per call.
-    """
-    if not points:
-        return []
-    with Pool(vllm_ops_library=vllm_ops_library, address=address, num_workers=num_workers,
-              console=console) as pool:
-        return pool.measure(points, timer)
-
-
 def run_sweep_ray(spec: SweepSpec, timer: TimerConfig, *, vllm_ops_library: str | None = None,
                   address: str | None = None, num_workers: int | None = None,
                   json_path: str | None = None, resume: bool = False, meta: dict | None = None,
-                  console=None) -> list[PointResult]:
+                  console=None, point_timeout_s: float | None = None) -> list[PointResult]:
     """``sweep.run_sweep`` over a Ray cluster: same points, same order, same file format, plus
     ``meta["ray"]`` (workers, deaths, which worker measured each point, startup and sweep seconds).
 
@@ -456,8 +487,8 @@ def run_sweep_ray(spec: SweepSpec, timer: TimerConfig, *, vllm_ops_library: str 
         out.write()
 
     if todo:
-        with Pool(vllm_ops_library=vllm_ops_library, address=address,
-                  num_workers=num_workers, console=console) as pool:
+        with Pool(vllm_ops_library=vllm_ops_library, address=address, num_workers=num_workers,
+                  console=console, point_timeout_s=point_timeout_s) as pool:
             save(pool)  # the workers (and their pids) are on record before the first point
 
             def on_result(j: int, result: PointResult) -> None:

@@ -37,6 +37,7 @@ from .results import FAILED, Point, PointResult
 # Messages of CUDA errors after which a context cannot be used again (cudaGetErrorString texts).
 STICKY = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",
           "illegal instruction", "hardware stack error", "uncorrectable ecc", "launch timed out")
+FRESH = "(the rest goes on in a fresh process)"
 WATCHDOG_BASE_S = 60.0
 WATCHDOG_PER_TOKEN_S = 0.002
 START_TIMEOUT_S = 300.0
@@ -50,6 +51,15 @@ def watchdog_s(point: Point, override: float | None = None) -> float:
 
 def is_sticky(reason: str | None) -> bool:
     return reason is not None and any(s in reason.lower() for s in STICKY)
+
+
+def unusable_reason(result: PointResult, broken: str) -> str:
+    """A failed point's reason, naming the device's state where that is not the reason itself."""
+    return result.reason if is_sticky(result.reason) else f"{result.reason}; the device was unusable afterwards ({broken})"
+
+
+def watchdog_reason(limit: float) -> str:
+    return f"exceeded the watchdog limit of {limit:.0f} s; its worker was killed"
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,14 @@ def _device_unusable(device) -> str | None:
     return None
 
 
+def broken_after(result: PointResult, device) -> str | None:
+    """Why the process that measured ``result`` can no longer be trusted with the device (a sticky
+    CUDA error, or a device that no longer answers after a failure), or None."""
+    if result.status != FAILED:
+        return None
+    return result.reason if is_sticky(result.reason) else _device_unusable(device)
+
+
 def _worker(conn, setup: WorkerSetup) -> None:
     """A worker process: set up, announce the ceiling, then measure until told to stop or until
     the device is no longer usable."""
@@ -85,6 +103,9 @@ def _worker(conn, setup: WorkerSetup) -> None:
 
     from .impls import implementations
     from .roofline import device_name
+
+    # Ctrl-C reaches the whole process group: the parent stops the sweep and kills this worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .sweep import Measurer
     from .timing import clock_name
 
@@ -104,9 +125,7 @@ def _worker(conn, setup: WorkerSetup) -> None:
         except Exception as exc:  # e.g. freeing memory after a sticky error raises again
             result = PointResult(point=point, status=FAILED, device=device_name(device), clock=clock_name(device),
                                  reason=f"{type(exc).__name__}: {one_line(exc)}")
-        broken = result.reason if result.status == FAILED and is_sticky(result.reason) else None
-        if result.status == FAILED and broken is None:
-            broken = _device_unusable(device)
+        broken = broken_after(result, device)
         conn.send(("result", result, broken))
         if broken is not None:
             return
@@ -185,16 +204,15 @@ class IsolatedMeasurer:
                 if broken is None:
                     return result
                 self._stop(kill=False)
-                reason = result.reason if is_sticky(result.reason) else \
-                    f"{result.reason}; the device was unusable afterwards ({broken})"
+                reason = unusable_reason(result, broken)
                 self._replaced(point, reason)
-                return replace(result, reason=f"{reason} (the rest goes on in a fresh process)")
+                return replace(result, reason=f"{reason} {FRESH}")
         else:
-            why = f"exceeded the watchdog limit of {limit:.0f} s; its worker was killed"
+            why = watchdog_reason(limit)
         self._stop(kill=True)
         self._replaced(point, why)
         return PointResult(point=point, status=FAILED, device=self.device_name, clock=self.clock,
-                           calls_per_graph=timer.calls_per_graph, reason=f"{why} (the rest goes on in a fresh process)")
+                           calls_per_graph=timer.calls_per_graph, reason=f"{why} {FRESH}")
 
     def _replaced(self, point: Point, reason: str) -> None:
         t0 = time.monotonic()
@@ -213,8 +231,11 @@ class IsolatedMeasurer:
         self._start()  # the ceiling is known from here on
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # interrupted, terminated or failed: the worker may be mid-point; do not wait for it
+            self._stop(kill=True)
 
 
 @contextmanager

@@ -283,6 +283,7 @@ def measure_grid(cfg: SuiteConfig, registry_factory=None) -> Grid:
 
         # One pool for both L2 modes: Ray and its workers start once.
         with Pool(vllm_ops_library=cfg.vllm_ops_library, vllm_module=cfg.vllm_module,
+                  point_timeout_s=cfg.point_timeout_s, registry=registry_factory,
                   address=None if cfg.ray == "auto" else cfg.ray) as pool:
             device = torch.device(pool.cluster.device_type)
             results = [r for l2 in cfg.l2_modes

@@ -1,8 +1,8 @@
 """Stand-in implementations that fault, for the fault-recovery tests on a CPU.
 
-``registry`` is what a worker process builds its implementations with (``isolate.WorkerSetup``):
-``reference-custom`` whose permute, at the batch size named by ``MOEBENCH_TEST_FAULT``
-(``KIND@T``), does what a broken kernel does to its process:
+``registry(fault=KIND@T)`` (as ``functools.partial``: a worker process or Ray actor builds its
+implementations with it, ``isolate.WorkerSetup``) is ``reference-custom`` whose permute, at batch
+size T, does what a broken kernel does to its process:
 
 - ``sticky``: raises CUDA's illegal-address error, and every later call in that process raises it
   too (a CUDA context after such a fault; on a CPU nothing else would make it sticky);
@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
 
 from moebench.impls.reference import ReferenceCustom
 
-ENV = "MOEBENCH_TEST_FAULT"
 STICKY_ERROR = "CUDA error: an illegal memory access was encountered"
 _poisoned = False
 
@@ -56,6 +56,11 @@ class FaultyReference(ReferenceCustom):
         return run
 
 
-def registry(vllm_ops_library=None, vllm_module=None) -> dict:
-    kind, _, tokens = os.environ.get(ENV, "none@0").partition("@")
+def registry(vllm_ops_library=None, vllm_module=None, *, fault: str = "none@0") -> dict:
+    kind, _, tokens = fault.partition("@")
     return {"reference-custom": FaultyReference(kind, int(tokens))}
+
+
+def factory(fault: str):
+    """A picklable registry factory that faults as ``fault`` says."""
+    return functools.partial(registry, fault=fault)
