@@ -65,8 +65,11 @@ browser:
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts
 
+# Two workers, one test file each at a time (--dist loadfile: a file's module fixtures, such as a
+# Ray cluster or an asv history, are built once): most end-to-end tests wait on subprocesses.
+TEST_WORKERS ?= 2
 test: $(BIN)/.installed-test browser node_modules/.package-lock.json
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -136,3 +136,16 @@ def test_stopping_an_isolated_sweep_keeps_what_was_measured_and_leaves_no_worker
     while left() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left() == b""  # no worker left behind
+
+
+def test_a_cuda_errors_reason_is_the_error_not_torchs_advice():
+    from moebench.errors import one_line
+
+    seen_on_an_h200 = RuntimeError(  # torch 2.11's text after a real illegal access (evidence/faults.py)
+        "CUDA error: an illegal memory access was encountered\nSearch for `cudaErrorIllegalAddress' in "
+        "https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__TYPES.html for more information.\n"
+        "CUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below "
+        "might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1")
+    assert one_line(seen_on_an_h200) == "CUDA error: an illegal memory access was encountered"
+    assert is_sticky(one_line(seen_on_an_h200))
+    assert one_line(ValueError("a  plain\nmessage")) == "a plain message"

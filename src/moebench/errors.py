@@ -35,7 +35,15 @@ def stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _terminated)
 
 
+# What torch appends to every CUDA error: advice, not the error.
+_CUDA_ADVICE = ("Search for `cuda", "CUDA kernel errors might be asynchronously reported",
+                "For debugging consider passing CUDA_LAUNCH_BLOCKING=1", "Compile with `TORCH_USE_CUDA_DSA`")
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's message folded onto one line and cut to ``limit`` characters: library errors
-    (CUDA, transformers, NVML) span many lines, and a reason is always printed on one."""
-    return " ".join(str(exc).split())[:limit]
+    (CUDA, transformers, NVML) span many lines, and a reason is always printed on one. torch's
+    advice after a CUDA error is dropped, so the error itself is what fits."""
+    text = " ".join(str(exc).split())
+    cut = min((i for i in (text.find(a) for a in _CUDA_ADVICE) if i > 0), default=len(text))
+    return text[:cut].rstrip(" .")[:limit] if cut < len(text) else text[:limit]

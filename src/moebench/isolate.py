@@ -110,7 +110,7 @@ def _worker(conn, setup: WorkerSetup) -> None:
     from .timing import clock_name
 
     device = torch.device(setup.device)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     registry = (setup.registry or implementations)(setup.vllm_ops_library, setup.vllm_module)
     measurer = Measurer(device, registry, setup.ceiling)
@@ -175,6 +175,7 @@ class IsolatedMeasurer:
         try:
             _, self.ceiling, self.device_name, self.clock = parent.recv()
         except EOFError:
+            self._process.join(timeout=5)
             why = _death(self._process)
             self._stop(kill=True)
             raise RuntimeError(f"the measuring worker could not set up ({why})") from None
