@@ -110,6 +110,21 @@ def test_a_noise_only_range_names_no_culprit(nightly, history, tmp_path):
     assert out["issues"][0]["body"].count("culprit") == 0
 
 
+def test_an_alert_between_adjacent_commits_is_its_own_culprit(nightly, history, tmp_path):
+    """A release history (or a nightly that measured every commit) leaves nothing to bisect: the
+    alert already names the commit, and the report says so instead of "none to run"."""
+    report = json.loads(nightly.read_text())
+    (r,) = report["regressions"]
+    report["regressions"] = [{**r, "before_commits": [history.commits[STEP_AT - 1]], "commit": history.commits[STEP_AT]}]
+    forged = tmp_path / "adjacent.json"
+    forged.write_text(json.dumps(report))
+    out = bisect(history, tmp_path, "--alerts", str(forged))
+    assert out["bisections"] == [] and out["commits_measured"] == 0 and out["issues"] == []
+    assert out["named_by_alerts"] == [{"culprit": history.commits[STEP_AT], "culprit_subject": f"commit {STEP_AT}",
+                                       "entries": [STEP]}]
+    assert f"{history.commits[STEP_AT][:8]}`](https://example.invalid/standin/commit/" in (tmp_path / "bisect.md").read_text()
+
+
 def test_suite_env_narrows_moebenchs_own_suite_to_one_point():
     params = {"model": "'mistralai/Mixtral-8x7B-Instruct-v0.1'", "dtype": "'auto'", "impl": "'vllm-ops'",
               "tokens": "256"}

@@ -10,7 +10,6 @@ H=2048 and ~2k tokens, about 0.7 s each on one core: seconds of margin after the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

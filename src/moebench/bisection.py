@@ -392,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = {"bisections": [{**asdict(b), "key": b.key, "culprit": b.culprit,
                                "culprit_subject": subject(b.culprit) if b.culprit else None}
                               for b in touched],
+               "named_by_alerts": [{"culprit": c, "culprit_subject": subject(c), "entries": entries}
+                                   for c, entries in adjacent.items()],
                "issues": issues, "commits_measured": args.max_commits - budget}
         _write(args.json, json.dumps(out, indent=2) + "\n")
     return 0

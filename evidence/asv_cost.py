@@ -1,11 +1,11 @@
 """What one parameter combination of the asv suite costs, before and after measuring the grid once.
 
-  python scripts/asv_cost.py report RESULTS_DIR
+  python evidence/asv_cost.py report RESULTS_DIR
       From asv's own records of a run (the duration of each benchmark over all its combinations,
       and of each setup_cache): per benchmark class, the grid measurement (setup_cache, once)
       and the cost per combination (process start-up + lookup), and in total.
 
-  python scripts/asv_cost.py probe [--n 8] [--device cuda]
+  python evidence/asv_cost.py probe [--n 8] [--device cuda]
       The part a combination would add if it did its own GPU work, as in a suite without
       setup_cache: a fresh interpreter importing torch and moebench and creating the CUDA
       context (launch_method spawn), or a fork of a server that imported them (forkserver: a
@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 NAIVE_POINT = dict(model="mistralai/Mixtral-8x7B-Instruct-v0.1", impl="reference-custom", tokens=1)
 

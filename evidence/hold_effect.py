@@ -1,6 +1,6 @@
 """What the GPU hold changes: the same points timed by vLLM's recipe and by moebench's (recipe 2).
 
-    PYTHONPATH=src python scripts/hold_effect.py .vllm-ops/0.24.0 --out "$OUT"
+    python evidence/hold_effect.py REL/_moe_C_stable_libtorch.abi3.so --out docs/data
 
 vLLM's recipe records the start event on an idle stream and then launches the graph, so each
 sample holds the host's launch latency (divided by the calls per graph); moebench queues the graph
@@ -14,32 +14,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from gpu_vllm import find_library  # this folder is on sys.path when a script runs
 
-from moebench.gpustate import Nvml
-from moebench.impls import implementations
-from moebench.models import resolve
-from moebench.roofline import ceiling
-from moebench.sweep import SweepSpec, run_point
-from moebench.timing import TimerConfig, default_calls_per_graph
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from moebench.gpustate import Nvml  # noqa: E402
+from moebench.impls import implementations  # noqa: E402
+from moebench.models import resolve  # noqa: E402
+from moebench.roofline import ceiling  # noqa: E402
+from moebench.sweep import SweepSpec, run_point  # noqa: E402
+from moebench.timing import TimerConfig, default_calls_per_graph  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("release", type=Path, help="folder with a _moe_C*.so (timed as vllm-ops)")
+    p.add_argument("library", type=Path, help="a vLLM _moe_C*.so (timed as vllm-ops)")
     p.add_argument("--model", default="mistralai/Mixtral-8x7B-Instruct-v0.1")
     p.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 256, 4096])
     p.add_argument("--impls", nargs="+", default=["vllm-ops", "reference-custom"])
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     device = torch.device("cuda")
-    registry = implementations(str(find_library(args.release)))
+    registry = implementations(str(args.library))
     ceil, nvml = ceiling(device), Nvml()
     rows = []
     shape = resolve(args.model)

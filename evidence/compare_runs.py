@@ -2,7 +2,9 @@
 """Compare two moebench results files of the same sweep: same points in the same order, per-point
 median ratios (OTHER / BASE) with a noise verdict, and the speedup of the fan-out.
 
-Written for the Ray must-show (scripts/gpu_ray.sh): BASE a 1-GPU run, OTHER the 2-GPU Ray run.
+For instance BASE a 1-GPU run and OTHER a Ray run of the same sweep over two GPUs:
+
+    python evidence/compare_runs.py single.json ray2.json --min-speedup 1.8
 A point's medians agree when their ratio is within the larger of the two runs' relative IQRs, or
 ``--tolerance`` (default 5 %: two cards of one model differ by a few percent). The speedup is the
 ratio of the runs' Ray sweep seconds (meta.ray.sweep_s: first point handed out to last result,
@@ -17,7 +19,11 @@ import argparse
 import math
 import sys
 
-from moebench.results import OK, OPS, load
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from moebench.results import OK, OPS, load  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
