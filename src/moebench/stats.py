@@ -32,8 +32,6 @@ class Summary:
     median_us: float
     q1_us: float
     q3_us: float
-    min_us: float
-    max_us: float
 
     @property
     def iqr_us(self) -> float:
@@ -87,4 +85,4 @@ def summarize(samples_s: Sequence[float]) -> Summary:
         q1 = med = q3 = us[0]
     else:
         q1, med, q3 = quantiles(us, n=4, method="inclusive")
-    return Summary(n=len(us), median_us=med, q1_us=q1, q3_us=q3, min_us=us[0], max_us=us[-1])
+    return Summary(n=len(us), median_us=med, q1_us=q1, q3_us=q3)

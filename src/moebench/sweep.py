@@ -25,8 +25,8 @@ from .impls.base import Run
 from .models import MoEShape
 from .quant import act_dtype, fp8_dtype
 from .results import FAILED, OK, OPS, SKIPPED, OpResult, Point, PointResult
+from . import roofline
 from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
-from .roofline import ceiling as measure_ceiling
 from .routing import ExpertParallel, make_inputs
 from .stats import STABLE_REL_IQR, steady, summarize
 from .timing import HostStalls, NotCapturable, TimerConfig, clock_name, measure
@@ -252,7 +252,7 @@ class Measurer:
     def __init__(self, device: torch.device, registry: dict[str, Implementation],
                  ceiling: Ceiling | None = None) -> None:
         self.device, self.registry = device, registry
-        self.ceiling = ceiling or measure_ceiling(device)
+        self.ceiling = ceiling or roofline.ceiling(device)  # cached per device
         self.nvml = Nvml()
         self._primed: set[tuple[str, str]] = set()
 

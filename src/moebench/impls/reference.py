@@ -44,7 +44,7 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
 def _segments(key: torch.Tensor, n_keys: int, align: int | None):
     """Stable sort of ``key`` (values in [0, n_keys)); returns the sorted order, the row of each
     sorted element when every key's segment is padded to ``align``, and per-key segment starts
-    (padded) and counts."""
+    (padded)."""
     n = key.numel()
     sorted_key, order = torch.sort(key, stable=True)
     counts = torch.zeros(n_keys, dtype=torch.int64, device=key.device)
@@ -53,7 +53,7 @@ def _segments(key: torch.Tensor, n_keys: int, align: int | None):
     padded = counts if align is None else (counts + align - 1) // align * align
     seg_start = _exclusive_cumsum(padded)
     rank = torch.arange(n, device=key.device) - start[sorted_key]
-    return order, seg_start[sorted_key] + rank, seg_start, counts
+    return order, seg_start[sorted_key] + rank, seg_start
 
 
 class _ReferenceRun(Run):
@@ -111,7 +111,7 @@ class _StandardRun(_ReferenceRun):
         self._quantize()
         inp, n, k = self.inputs, self.n, self.inputs.topk
         key = inp.topk_ids.reshape(-1).long()
-        order, pos, seg_start, _ = _segments(key, inp.num_experts, self.block_m)
+        order, pos, seg_start = _segments(key, inp.num_experts, self.block_m)
         self.sorted_ids.fill_(n)
         self.sorted_ids.index_copy_(0, pos, order.int())
         self.inv.index_copy_(0, order, pos)
@@ -161,7 +161,7 @@ class _CustomRun(_ReferenceRun):
         valid = local >= 0
         # Other ranks' slots sort last, into a segment past every local expert.
         key = torch.where(valid, local, n_local)
-        order, pos, seg_start, _ = _segments(key, n_local + 1, self.align)
+        order, pos, seg_start = _segments(key, n_local + 1, self.align)
         # Rows beyond the aligned region hold the other ranks' slots; clamp keeps the buffer
         # fixed-size (they are never read back: unpermute masks them out).
         pos = pos.clamp(max=self.permuted.shape[0] - 1)
