@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from moebench import asvlocal  # noqa: E402
-from moebench.alerts import load_series  # noqa: E402
+from moebench.asvresults import load_series  # noqa: E402
 
 HOLDER = ("import sys, time, torch\n"
           "x = torch.empty(int(float(sys.argv[1]) * 2**30), dtype=torch.uint8, device='cuda')\n"

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from moebench.alerts import load_series  # noqa: E402
+from moebench.asvresults import load_series  # noqa: E402
 
 TRACKS = ("track_permute", "track_unpermute")
 

@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from moebench import asvlocal  # noqa: E402
-from moebench.alerts import load_series  # noqa: E402
+from moebench.asvresults import load_series  # noqa: E402
 from moebench.impls.vllm import MODULE_ENV, vllm_implementations  # noqa: E402
 from moebench.models import resolve  # noqa: E402
 from moebench.roofline import ceiling  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moebench import alerts, cli
+from moebench import alerts, asvresults, cli
 
 from asvproject import BENCHMARK, build_history, subset_results
 
@@ -204,9 +204,9 @@ def test_t_test_on_rounds():
     assert alerts.t_test_greater([2.0, 2.0], [1.0, 1.0]) == 0.0
 
 
-def _measurement(commit: str, mean: float, noise: float, n: int, seed: int) -> alerts.Measurement:
+def _measurement(commit: str, mean: float, noise: float, n: int, seed: int) -> asvresults.Measurement:
     rng = random.Random(seed)
-    return alerts.Measurement(commit, 0, tuple(rng.gauss(mean, noise * mean) for _ in range(n)))
+    return asvresults.Measurement(commit, 0, tuple(rng.gauss(mean, noise * mean) for _ in range(n)))
 
 
 @pytest.mark.parametrize("mean_after, noise, n, alerted", [
@@ -227,7 +227,7 @@ def test_rule_floor_stops_a_small_median_shift_with_a_skewed_interval():
     (estimate >= 1 + threshold / 2) keeps it from alerting."""
     base = [_measurement(f"b{i}", 1.0, 0.001, 40, i) for i in range(5)]
     rng = random.Random(7)
-    after = alerts.Measurement("new", 0, tuple([rng.gauss(1.02, 0.001) for _ in range(22)]
+    after = asvresults.Measurement("new", 0, tuple([rng.gauss(1.02, 0.001) for _ in range(22)]
                                                + [rng.gauss(1.3, 0.01) for _ in range(18)]))
     before, now = alerts.Interval.of([x for m in base for x in m.samples]), alerts.Interval.of(after.samples)
     assert now.lo / before.hi > 1 and now.hi / before.lo > 1.05 and now.median / before.median < 1.025
@@ -267,7 +267,7 @@ def test_recorded_h100_history_silent_on_same_code_and_names_only_the_slowed_ker
     with tarfile.open(RECORDED / "h100-run-C-asv-results.tar.gz") as tar:
         tar.extractall(tmp_path / "all", filter="data")
     results = tmp_path / "all" / "results"
-    series = alerts.load_series(results, None)
+    series = asvresults.load_series(results, None)
     commits = sorted({m.commit: m.date_ms for s in series for m in s.measurements}.items(), key=lambda c: c[1])
     commits = [c for c, _ in commits]
     assert len(series) == 48 and len(commits) == 6
@@ -307,7 +307,7 @@ def rounds_history(tmp_path_factory):
 
 def test_rounds_wandering_between_two_levels_never_alert_and_a_6_percent_step_does(rounds_history, tmp_path, capsys):
     h = rounds_history
-    medians = [float(np.median(m.samples)) for s in alerts.load_series(h.results, None) if s.entry == WANDER
+    medians = [float(np.median(m.samples)) for s in asvresults.load_series(h.results, None) if s.entry == WANDER
                for m in s.measurements]
     assert max(medians) / min(medians) > 1.05  # the runs' own values do wander between the levels
     code, report, _ = run_alerts([h.results, "--html-dir", h.html, "--since", h.commits[0]], tmp_path, capsys)
@@ -329,8 +329,8 @@ def test_nightly_over_wandering_rounds_alerts_only_at_the_step(rounds_history, t
 def test_a_level_the_baseline_runs_wandered_through_is_not_a_change():
     """Tight rounds, but the runs before sat at 1.00 and 1.04: a run at 1.04 is within them."""
     rng = random.Random(5)
-    base = [alerts.Measurement(f"b{i}", 0, tuple(rng.gauss(level, 0.001) for _ in range(5)))
+    base = [asvresults.Measurement(f"b{i}", 0, tuple(rng.gauss(level, 0.001) for _ in range(5)))
             for i, level in enumerate([1.0, 1.0, 1.04, 1.0, 1.0])]
-    cand = alerts.Measurement("new", 0, tuple(rng.gauss(1.04, 0.001) for _ in range(5)))
+    cand = asvresults.Measurement("new", 0, tuple(rng.gauss(1.04, 0.001) for _ in range(5)))
     assert alerts.compare(base, cand, 0.03, 1e-3) is None
     assert alerts.compare([m for m in base if m.commit != "b2"], cand, 0.03, 1e-3).direction == alerts.SLOWER

@@ -241,7 +241,7 @@ def test_asv_run_three_commits_and_publish(tmp_path):
                     assert math.isnan(value) and s is None
 
     # ... and alerts read those rounds as each commit's replicates
-    from moebench.alerts import load_series
+    from moebench.asvresults import load_series
 
     series = load_series(work / "results", ["ci"])
     assert series and all(len(m.samples) == 3 for s in series for m in s.measurements)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from asvproject import BENCHMARK, build_history
-from moebench import alerts, bisection, cli
+from moebench import alerts, asvresults, bisection, cli
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def test_bisect_names_commit_9_after_measuring_at_most_6(nightly, history, tmp_p
     assert "before (" in body and "after (" in body  # values with their 99 % intervals
     assert len(re.findall(r"\d \[[\d.]+, [\d.]+\] (?:ms|µs)", body)) >= 2
     # only the regressed series was measured: the scratch results hold nothing else
-    scratch = [s.entry for s in alerts.load_series(tmp_path / "scratch" / "results", None)]
+    scratch = [s.entry for s in asvresults.load_series(tmp_path / "scratch" / "results", None)]
     assert scratch == [STEP]
 
 

@@ -454,7 +454,8 @@ RELEASES = REPO / "docs" / "releases"
 def test_committed_release_dashboard_plots_every_release_offline(serve, page):
     """The release history as committed (``moebench releases publish`` output in docs/releases):
     one permute series, Mixtral T=1 through vllm-ops, has a point for every release recorded."""
-    from moebench.alerts import graph_url, load_series
+    from moebench.alerts import graph_url
+    from moebench.asvresults import load_series
 
     manifest = json.loads((RELEASES / "releases.json").read_text())["releases"]
     timed = [r for r in manifest if r.get("loads")]

@@ -147,7 +147,7 @@ class Runner:
         else:  # asv installs the commit into its environment, as the nightly's own run does
             proc = asv(["run", f"{sha}^!", "--machine", self.machine, "--record-samples", "--show-stderr",
                         "--bench", bench], self.conf_path, env, capture=True)
-        from .alerts import load_series
+        from .asvresults import load_series
 
         try:
             series = load_series(self.scratch / "results", [self.machine])
@@ -182,7 +182,8 @@ def suite_env(benchmark: str, params: dict[str, str]) -> dict[str, str]:
 
 def judge(b: Bisection, sha: str) -> tuple[str, dict]:
     """'bad' (slow side), 'good' (fast side) or INCONCLUSIVE, with the numbers behind it."""
-    from .alerts import FASTER, SLOWER, Interval, Measurement, compare
+    from .alerts import FASTER, SLOWER, Interval, compare
+    from .asvresults import Measurement
 
     def m(c: str) -> Measurement:
         return Measurement(c, 0, tuple(b.values[c]))
@@ -258,7 +259,7 @@ def from_alerts(report: dict, machine: str | None, results: Path,
                 runner: Runner) -> tuple[list[Bisection], dict[str, list[str]]]:
     """A bisection for every regression whose range holds more than one commit; and the others:
     culprit commit -> the entries whose alert already names it (good and bad are adjacent)."""
-    from .alerts import load_series
+    from .asvresults import load_series
 
     try:
         regressions, alpha = report["regressions"], float(report["settings"]["alpha"])

@@ -23,7 +23,6 @@ from typing import Sequence
 from .errors import BadInput
 
 MAX_LINES = 8  # more lines than this are unreadable in one panel; --param narrows the choice
-_SCALES = ((1e-6, 1e9, "ns"), (1e-3, 1e6, "µs"), (1.0, 1e3, "ms"), (math.inf, 1.0, "s"))
 
 
 @dataclass(frozen=True)
@@ -120,8 +119,9 @@ def _selection(bench: dict, given: Sequence[str]) -> list[tuple[str, ...]]:
 
 def load_history(results: str | Path, benchmark: str, params: Sequence[str] = (),
                  machine: str | None = None, max_lines: int = MAX_LINES) -> History:
-    """Read asv results into per-combination lines; BadInput names what is missing."""
-    from .alerts import result_files
+    """One benchmark's lines from asv's results (``asvresults``: the same series the alerts see);
+    BadInput names what is missing."""
+    from .asvresults import load_series
 
     results = Path(results)
     if not results.is_dir():
@@ -130,51 +130,42 @@ def load_history(results: str | Path, benchmark: str, params: Sequence[str] = ()
     benchmark = bench["name"]
     machine = _machine(results, machine)
     combos = _selection(bench, params)
-    names, values = bench.get("param_names", []), bench.get("params", [])
+    names = bench.get("param_names", [])
     # Parameters with one value left are the same for every line: said once, in the title.
     varying = [i for i in range(len(names)) if len({c[i] for c in combos}) > 1]
     fixed = tuple(f"{names[i]}={_value(combos[0][i])}" for i in range(len(names)) if i not in varying)
 
-    runs = []  # (date, commit, env, values, stats) of runs of the current benchmark version
-    for _, res in result_files(results / machine, machine):
-        # asv's own filter, as in `asv publish`: results of an older benchmark version are dropped.
-        if benchmark not in res.get_result_keys({benchmark: bench}):
-            continue
-        runs.append((res.date or 0, res.commit_hash, res.env_name,
-                     res.get_result_value(benchmark, values), res.get_result_stats(benchmark, values)))
-    runs.sort(key=lambda r: (r[0], r[1]))
-    commits = tuple(dict.fromkeys(r[1] for r in runs))
-    dates = {r[1]: int(r[0]) for r in runs}
-    envs = sorted({r[2] for r in runs})
-    combo_index = {c: i for i, c in enumerate(itertools.product(*values))}
+    wanted = set(combos)
+    series = [s for s in load_series(results, [machine])
+              if s.benchmark == benchmark and tuple(v for _, v in s.params) in wanted]
+    runs = sorted({(m.date_ms, m.commit) for s in series for m in s.measurements})
+    commits = tuple(dict.fromkeys(c for _, c in runs))
+    dates = {c: d for d, c in runs}
     commit_index = {c: i for i, c in enumerate(commits)}
+    envs = sorted({s.env for s in series})
+    order = {c: i for i, c in enumerate(combos)}
 
     bands: set[str] = set()
     lines: list[Line] = []
-    for env, combo in itertools.product(envs, combos):
-        idx = combo_index[combo]
+    for s in sorted(series, key=lambda s: (envs.index(s.env), order[tuple(v for _, v in s.params)])):
         pts = []
-        for date, commit, run_env, vals, stats in runs:
-            v = vals[idx]
-            if run_env != env or v is None or not math.isfinite(v):
-                continue
-            s = (stats[idx] or {}) if stats else {}
-            if "q_25" in s and "q_75" in s:
-                lo, hi = s["q_25"], s["q_75"]
+        for m in sorted(s.measurements, key=lambda m: commit_index[m.commit]):
+            st = m.stats or {}
+            if "q_25" in st and "q_75" in st:
+                lo, hi = st["q_25"], st["q_75"]
                 bands.add("IQR")
-            elif "ci_99_a" in s and "ci_99_b" in s:
-                lo, hi = s["ci_99_a"], s["ci_99_b"]
+            elif "ci_99_a" in st and "ci_99_b" in st:
+                lo, hi = st["ci_99_a"], st["ci_99_b"]
                 bands.add("99% CI")
             else:
-                lo = hi = v
-            pts.append((commit_index[commit], commit, v, lo, hi))
-        if not pts:
-            continue  # never measured (skipped combination, e.g. unavailable implementation)
+                lo = hi = m.value
+            pts.append((commit_index[m.commit], m.commit, m.value, lo, hi))
+        combo = tuple(v for _, v in s.params)
         label = ", ".join(f"{names[i]}={_value(combo[i])}" for i in varying) or benchmark
         if len(envs) > 1:
-            label += f" [{env}]"
-        x, c, m, lo, hi = zip(*pts)
-        lines.append(Line(label, c, x, m, lo, hi))
+            label += f" [{s.env}]"
+        x, c, med, lo, hi = zip(*pts)
+        lines.append(Line(label, c, x, med, lo, hi))
     if not lines:
         raise BadInput(f"no measured results of {benchmark}"
                        f"{' with ' + ' '.join(params) if params else ''} for machine {machine} in {results}")
@@ -185,10 +176,11 @@ def load_history(results: str | Path, benchmark: str, params: Sequence[str] = ()
 
 
 def _scale(history: History) -> tuple[float, str]:
-    if history.unit != "seconds":
-        return 1.0, history.unit
-    top = max(max(line.median) for line in history.lines)
-    return next((factor, name) for limit, factor, name in _SCALES if top < limit)
+    """Factor and unit to draw in: the alerts' own scaling of the largest median."""
+    from .asvresults import scaled
+
+    divisor, name = scaled(max(max(line.median) for line in history.lines), history.unit)
+    return 1.0 / divisor, name
 
 
 def plot_history(history: History, path: str | Path) -> None:

@@ -58,7 +58,8 @@ def _plain(value: str) -> str:
 
 
 def collect(results: Path, html_dir: Path, machines: Sequence[str] | None, tokens: Sequence[int]) -> list[Row]:
-    from .alerts import Html, _asv_steps, graph_url, load_series, ordered
+    from .alerts import Html, _asv_steps, graph_url, ordered
+    from .asvresults import load_series
 
     site = Html.load(html_dir)
     rows: dict[tuple, Row] = {}
