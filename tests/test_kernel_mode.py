@@ -31,7 +31,7 @@ from test_wheels import MACHINE, publish
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(asvlocal.platform.machine() != MACHINE, reason="stand-in wheels are x86_64")]
 
-SLOW_S = 0.02
+SLOW_S = 0.05  # large against what a loaded 2-core machine does to two medians measured apart
 ASV_MACHINE = "standin-cpu"
 
 
@@ -108,7 +108,7 @@ def test_each_commit_is_timed_with_its_own_kernel_library(history):
             base, slow = _medians(first, "track_permute")[(impl, tokens)], _medians(second, "track_permute")[(impl, tokens)]
             assert base is not None and slow is not None, log[-4000:]
             # The second commit's library sleeps SLOW_S per permute: its own library was timed.
-            assert 0.7 * SLOW_S < slow - base < 2 * SLOW_S, (impl, tokens, base, slow)
+            assert 0.5 * SLOW_S < slow - base < 2 * SLOW_S, (impl, tokens, base, slow)
             unpermute = _medians(second, "track_unpermute")[(impl, tokens)]
             assert unpermute is not None and unpermute < SLOW_S / 2
     ledger = [json.loads(line) for line in (root / "ledger.jsonl").read_text().splitlines()]

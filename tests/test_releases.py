@@ -21,7 +21,7 @@ from standins.kernel_wheel import MISSING_SYMBOL, build_library, kernel_wheel
 
 pytestmark = pytest.mark.slow
 
-SLOW_S = 0.02
+SLOW_S = 0.05  # large against what a loaded 2-core machine does to two medians measured apart
 GRID = {"MOEBENCH_MODELS": "Qwen/Qwen3-30B-A3B", "MOEBENCH_DTYPES": "auto", "MOEBENCH_IMPLS": "vllm-ops",
         "MOEBENCH_BATCH_SIZES": "1", "MOEBENCH_L2": "warm", "MOEBENCH_ROUNDS": "3", "MOEBENCH_REPLAYS": "5",
         "MOEBENCH_RAY": "off"}
@@ -69,7 +69,7 @@ def test_releases_are_commits_in_release_order_tagged_and_timed_with_their_own_l
     assert tags == ["v0.40.0", "v0.40.1", "v0.40.2"]
     by = {r["version"]: r for r in manifest}
     base, slow = _permute(history, by["0.40.0"]["standin_commit"]), _permute(history, by["0.40.1"]["standin_commit"])
-    assert 0.7 * SLOW_S < slow - base < 2 * SLOW_S
+    assert 0.5 * SLOW_S < slow - base < 2 * SLOW_S
     assert by["0.40.0"]["loads"] is True and by["0.40.0"]["device"].startswith("cpu")
 
 
