@@ -36,7 +36,7 @@ Where vLLM comes from (a process holds one ``_moe_C``):
   release's ``moe_permute_unpermute.py``; for kernel developers and testing: the files of 0.16–0.26
   import only torch), else the installed vLLM's — which is used only with the installed vLLM's
   kernels, since it would load its own.
-This is the only module that imports vLLM, and it does so on the first question asked of an
+This is the only package that imports vLLM, and it does so on the first question asked of an
 implementation, never at import.
 """
 
