@@ -251,3 +251,25 @@ def test_garbage_collector_is_off_while_timing_and_restored_after():
         assert not gc.isenabled()  # a caller's own choice is left as it was
     finally:
         gc.enable()
+
+
+def test_the_ceiling_is_cached_per_device_and_driver(tmp_path, monkeypatch):
+    """Workers, replaced workers and every commit's setup_cache reuse one measurement of the copy
+    bandwidth; a new driver (or another card) measures again."""
+    import json
+
+    from moebench import roofline
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(roofline, "device_name", lambda d: "NVIDIA H200")
+    monkeypatch.setattr(roofline, "measure_ceiling",
+                        lambda d: measured.append(d) or Ceiling("NVIDIA H200", 4.0e12 + len(measured), "triton-copy"))
+    drivers = iter(["580.159.04", "580.159.04", "590.10"])
+    monkeypatch.setattr(roofline, "_driver", lambda: next(drivers))
+    cuda = torch.device("cuda")
+    first, again, new_driver = (roofline.ceiling(cuda) for _ in range(3))
+    assert first == again != new_driver and len(measured) == 2
+    cache = json.loads((tmp_path / "moebench" / "ceilings.json").read_text())
+    assert set(cache) == {"NVIDIA H200 | driver 580.159.04", "NVIDIA H200 | driver 590.10"}
+    assert not list((tmp_path / "moebench").glob(".ceilings.*"))  # no temporary file left

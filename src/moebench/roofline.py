@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,23 +98,47 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def ceiling(device: torch.device, refresh: bool = False) -> Ceiling:
-    """Cached per device name; measured on first use."""
-    path = _cache_file()
+def _driver() -> str | None:
+    """The NVIDIA driver's version (NVML), or None where there is none: a new driver can move the
+    copy bandwidth, so the cache keys on it."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:
+        return None
+
+
+def cache_key(device: torch.device) -> str:
     name = device_name(device)
+    driver = _driver() if device.type == "cuda" else None
+    return f"{name} | driver {driver}" if driver else name
+
+
+def ceiling(device: torch.device, refresh: bool = False) -> Ceiling:
+    """Cached per device name and driver version; measured on first use. Workers of one machine
+    (Ray actors, replaced isolated workers, every asv commit's setup_cache) share the file."""
+    path = _cache_file()
+    key = cache_key(device)
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
-    if not refresh and name in cache:
-        return Ceiling(**cache[name])
+    if not refresh and key in cache:
+        return Ceiling(**cache[key])
     c = measure_ceiling(device)
-    cache[name] = asdict(c)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(path)
+        try:  # another process may have written meanwhile: keep its entries
+            cache = {**json.loads(path.read_text()), key: asdict(c)}
+        except (OSError, ValueError):
+            cache[key] = asdict(c)
+        fd, tmp = tempfile.mkstemp(prefix=".ceilings.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
     except OSError:
         pass  # a read-only home only costs a re-measure next time
     return c

@@ -252,7 +252,7 @@ class Measurer:
     def __init__(self, device: torch.device, registry: dict[str, Implementation],
                  ceiling: Ceiling | None = None) -> None:
         self.device, self.registry = device, registry
-        self.ceiling = ceiling or roofline.ceiling(device)  # cached per device
+        self.ceiling = ceiling or roofline.ceiling(device)  # cached per device and driver
         self.nvml = Nvml()
         self._primed: set[tuple[str, str]] = set()
 
