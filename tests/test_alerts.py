@@ -250,11 +250,11 @@ def test_rule_catches_an_exact_5_percent_step_every_time_and_noise_never():
 def test_markdown_intervals_keep_a_tenth_of_a_percent_visible():
     # asv's human_value (3 digits) would print 18.8 [18.8, 18.8]: a 5 % alert whose interval
     # cannot be read. Four digits on the median's scale; other units as they are.
-    assert alerts._interval(alerts.Interval(18.81e-6, 18.79e-6, 18.83e-6, 100), "seconds") == \
+    assert alerts.interval_text(alerts.Interval(18.81e-6, 18.79e-6, 18.83e-6, 100), "seconds") == \
         "18.81 [18.79, 18.83] µs"
-    assert alerts._interval(alerts.Interval(1.1099, 1.1093, 1.1106, 100), "x floor") == \
+    assert alerts.interval_text(alerts.Interval(1.1099, 1.1093, 1.1106, 100), "x floor") == \
         "1.110 [1.109, 1.111] x floor"
-    assert alerts._value(2.5e-3, "seconds") == "2.500 ms"
+    assert alerts.report._value(2.5e-3, "seconds") == "2.500 ms"
 
 
 RECORDED = Path(__file__).resolve().parents[1] / "docs" / "data" / "alerts"

@@ -292,9 +292,9 @@ def from_alerts(report: dict, machine: str | None, results: Path,
 
 
 def _interval(values: Sequence[float], unit: str) -> str:
-    from .alerts import Interval, _interval
+    from .alerts import Interval, interval_text
 
-    return _interval(Interval.of(values), unit)
+    return interval_text(Interval.of(values), unit)
 
 
 def markdown(b: Bisection, runner_subject, commit_link) -> str:
@@ -342,12 +342,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .alerts import ISSUE_LABEL, _config, _write
+    from .alerts import ISSUE_LABEL, read_config, write_text
 
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if not args.config.is_file():
         raise BadInput(f"--config {args.config}: no such file")
-    commit_url, _ = _config(args.config)
+    commit_url, _ = read_config(args.config)
     commit_url = args.commit_url or commit_url
     state = load_state(args.state)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="moebench-bisect-"))
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     issues = [{"key": f"{b.benchmark}@{b.machine}", "title": f"Performance regression: {b.benchmark} on {b.machine}",
                "labels": [ISSUE_LABEL], "body": blocks[b.key]} for b in touched if b.status != RUNNING]
     if args.markdown:
-        _write(args.markdown, text)
+        write_text(args.markdown, text)
     else:
         print(text)
     if args.json:
@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "named_by_alerts": [{"culprit": c, "culprit_subject": subject(c), "entries": entries}
                                    for c, entries in adjacent.items()],
                "issues": issues, "commits_measured": args.max_commits - budget}
-        _write(args.json, json.dumps(out, indent=2) + "\n")
+        write_text(args.json, json.dumps(out, indent=2) + "\n")
     return 0
 
 

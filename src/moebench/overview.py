@@ -58,7 +58,7 @@ def _plain(value: str) -> str:
 
 
 def collect(results: Path, html_dir: Path, machines: Sequence[str] | None, tokens: Sequence[int]) -> list[Row]:
-    from .alerts import Html, _asv_steps, graph_url, ordered
+    from .alerts import Html, asv_steps, graph_url, ordered
     from .asvresults import load_series
 
     site = Html.load(html_dir)
@@ -81,7 +81,7 @@ def collect(results: Path, html_dir: Path, machines: Sequence[str] | None, token
                               Row(s.machine, s.benchmark, m["cls"], m["op"], rest))
         row.values[t] = history
         row.urls[t] = graph_url(ASV_PAGE, s)
-        if _asv_steps(site, s):
+        if asv_steps(site, s):
             row.regressed.add(t)
     for row in rows.values():
         for t in row.values:
