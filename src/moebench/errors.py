@@ -47,3 +47,10 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     cut = min((i for i in (text.find(a) for a in _CUDA_ADVICE) if i > 0), default=len(text))
     return text[:cut].rstrip(" .")[:limit] if cut < len(text) else text[:limit]
+
+
+def describe(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (``one_line``), or the type alone where there is no message:
+    the reason a failed piece gives, everywhere."""
+    text = one_line(exc, limit)
+    return f"{type(exc).__name__}: {text}"[:limit] if text else type(exc).__name__

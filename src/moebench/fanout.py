@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import BadInput, one_line, stop_on_sigterm
+from .errors import BadInput, describe, stop_on_sigterm
 from .impls import implementations
 from .isolate import FRESH, Recovery, broken_after, unusable_reason, watchdog_reason, watchdog_s
 from .results import FAILED, Point, PointResult, ResultsFile
@@ -63,10 +63,6 @@ def _ray():
     except ImportError:
         raise BadInput(f"Ray is not installed here: {INSTALL_HINT}") from None
     return ray
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    return one_line(exc, limit) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ def _probe(address: str, host: str, port: int) -> None:
         socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
     except OSError as exc:
         why = f"no answer within {PROBE_TIMEOUT_S:.0f} s" if isinstance(exc, TimeoutError) else (
-            exc.strerror or _one_line(exc))
+            exc.strerror or describe(exc))
         raise BadInput(f"cannot reach the Ray cluster at {address}: {why}") from None
 
 
@@ -269,7 +265,7 @@ class Pool:
             try:
                 live.append(_Live(len(live), pending[ref], ray.get(ref)))
             except ray.exceptions.RayError as exc:
-                errors.append(_one_line(exc))
+                errors.append(describe(exc))
         for ref in late:
             ray.kill(pending[ref], no_restart=True)
             errors.append(f"not started within {START_TIMEOUT_S:.0f} s (no free "
@@ -365,7 +361,7 @@ class Pool:
                     continue
                 except ray.exceptions.RayTaskError as exc:  # a bug, not a point's own problem
                     result, broken = self._failed(points[i], timer, w.info.device, w.info.node,
-                                                  _one_line(getattr(exc, "cause", None) or exc)), None
+                                                  describe(getattr(exc, "cause", None) or exc)), None
                 self.ran_on[points[i].key] = w.index
                 if broken is None:
                     idle.append(w)
@@ -404,7 +400,7 @@ class Pool:
             info = ray.get(handle.info.remote(), timeout=START_TIMEOUT_S)
             ray.get(handle.use_ceiling.remote(w.info.ceiling))
         except Exception as exc:
-            self._note(f"no fresh Ray worker could replace worker {w.index}: {_one_line(exc)}")
+            self._note(f"no fresh Ray worker could replace worker {w.index}: {describe(exc)}")
             return []
         fresh = _Live(len(self.workers), handle, replace(info, ceiling=w.info.ceiling))  # indices never repeat
         self._live.append(fresh)
@@ -455,7 +451,7 @@ def _death_reason(exc: BaseException) -> str:
     for pattern in (r"Worker exit detail: (.*?)(?: Some common causes|$)", r"The actor is dead because (.*)"):
         if found := re.search(pattern, text):
             return found.group(1)[:160]
-    return _one_line(exc, 160)
+    return describe(exc, 160)
 
 
 def run_sweep_ray(spec: SweepSpec, timer: TimerConfig, *, vllm_ops_library: str | None = None,

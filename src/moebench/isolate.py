@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 from .axes import TimerConfig
-from .errors import BadInput, one_line
+from .errors import BadInput, describe, one_line
 from .results import FAILED, Point, PointResult
 
 # Messages of CUDA errors after which a context cannot be used again (cudaGetErrorString texts).
@@ -124,7 +124,7 @@ def _worker(conn, setup: WorkerSetup) -> None:
             result = measurer.run(point, timer)
         except Exception as exc:  # e.g. freeing memory after a sticky error raises again
             result = PointResult(point=point, status=FAILED, device=device_name(device), clock=clock_name(device),
-                                 reason=f"{type(exc).__name__}: {one_line(exc)}")
+                                 reason=describe(exc))
         broken = broken_after(result, device)
         conn.send(("result", result, broken))
         if broken is not None:

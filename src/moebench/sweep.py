@@ -18,7 +18,7 @@ import torch
 
 from .axes import BATCH_SIZES
 from .check import check_permute, check_unpermute
-from .errors import BadInput, one_line
+from .errors import BadInput, describe
 from .gpustate import GpuState, Nvml
 from .impls import Implementation
 from .impls.base import Run
@@ -173,7 +173,7 @@ def run_point(point: Point, impl: Implementation, device: torch.device, timer: T
     except Exception as exc:  # one point's failure must not lose the sweep
         if _is_oom(exc):
             return replace(base, status=FAILED, reason=f"{OOM_PREFIX} at {point.num_tokens} tokens")
-        return replace(base, status=FAILED, reason=f"{type(exc).__name__}: {one_line(exc)}")
+        return replace(base, status=FAILED, reason=describe(exc))
     finally:
         for run in runs:
             run.close()

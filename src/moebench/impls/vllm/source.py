@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from ...errors import BadInput, one_line
+from ...errors import BadInput, describe
 from ...kernelwheel import file_sha256
 
 MODULE_ENV = "MOEBENCH_VLLM_MODULE"
@@ -31,10 +31,6 @@ LIBRARY_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xf
 
 class Unavailable(Exception):
     """Why a piece of vLLM cannot be used here; the text becomes the implementation's reason."""
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {one_line(exc, 400)}"[:400]
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ class Source:
             except Unavailable as exc:
                 self._loaded[part] = exc
             except Exception as exc:  # an import or a dlopen can fail in any way: a reason, not a crash
-                self._loaded[part] = Unavailable(_one_line(exc))
+                self._loaded[part] = Unavailable(describe(exc, 400))
         got = self._loaded[part]
         if isinstance(got, Unavailable):
             raise got
@@ -138,7 +134,7 @@ def installed_kernels() -> Kernels:
         try:
             importlib.import_module(f"vllm.{name}")
         except Exception as exc:
-            errors.append(f"vllm.{name}: {_one_line(exc)}")
+            errors.append(f"vllm.{name}: {describe(exc, 400)}")
     if not _has_op(torch.ops._moe_C, "moe_permute"):
         why = "; ".join(errors) or f"no _moe_C extension registers moe_permute in {vllm.__path__[0]}"
         raise Unavailable(f"vLLM {_vllm_version(vllm)} is installed but its kernels are not loadable: {why}")
@@ -174,7 +170,7 @@ def file_python(path: str) -> PythonApi:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise Unavailable(f"cannot import {MODULE_ENV}={path}: {_one_line(exc)}") from None
+        raise Unavailable(f"cannot import {MODULE_ENV}={path}: {describe(exc, 400)}") from None
     return PythonApi(module, None, f"file {p}")
 
 
