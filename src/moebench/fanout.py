@@ -42,11 +42,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import BadInput, describe, stop_on_sigterm
-from .impls import implementations
-from .isolate import FRESH, Recovery, broken_after, unusable_reason, watchdog_reason, watchdog_s
+from .isolate import FRESH, Recovery, measure_and_judge, unusable_reason, watchdog_reason, watchdog_s, worker_measurer
 from .results import FAILED, Point, PointResult, ResultsFile
 from .roofline import Ceiling, device_name
-from .sweep import Measurer, SweepSpec, previous_file, progress_bar
+from .sweep import SweepSpec, previous_file, progress_bar
 from .timing import TimerConfig, clock_name
 
 INSTALL_HINT = "pip install 'moebench[ray]'"
@@ -186,9 +185,7 @@ class _Worker:
             raise RuntimeError(f"Ray gave this worker GPU(s) {os.environ.get('CUDA_VISIBLE_DEVICES')} "
                                "but torch sees no CUDA device")
         device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
-        if use_gpu:
-            torch.cuda.set_device(device)
-        self.measurer = Measurer(device, (registry or implementations)(vllm_ops_library, vllm_module))
+        self.measurer = worker_measurer(device, vllm_ops_library, vllm_module, registry)
 
     def info(self) -> WorkerInfo:
         import ray
@@ -202,9 +199,8 @@ class _Worker:
 
     def run(self, point: Point, timer: TimerConfig) -> tuple[PointResult, str | None]:
         """The point's result, and why this process can no longer be trusted with its device
-        (``isolate.broken_after``; the pool then replaces it), or None."""
-        result = self.measurer.run(point, timer)
-        return result, broken_after(result, self.measurer.device)
+        (``isolate.measure_and_judge``; the pool then replaces it), or None."""
+        return measure_and_judge(self.measurer, point, timer)
 
 
 @dataclass(frozen=True)

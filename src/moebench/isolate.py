@@ -96,36 +96,54 @@ def broken_after(result: PointResult, device) -> str | None:
     return result.reason if is_sticky(result.reason) else _device_unusable(device)
 
 
+def worker_measurer(device, vllm_ops_library: str | None, vllm_module: str | None,
+                    registry: Callable[..., dict] | None = None, ceiling: Any = None):
+    """A worker's ``sweep.Measurer`` (an isolated worker's or a Ray actor's): its device made
+    current, its implementations built in this process (``registry``, default
+    ``impls.implementations``)."""
+    import torch
+
+    from .impls import implementations
+    from .sweep import Measurer
+
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    return Measurer(device, (registry or implementations)(vllm_ops_library, vllm_module), ceiling)
+
+
+def measure_and_judge(measurer, point: Point, timer: TimerConfig) -> tuple[PointResult, str | None]:
+    """One point measured by a worker, and why the worker can no longer be trusted with its
+    device afterwards (``broken_after``), or None. An exception that escapes the measurement (e.g.
+    freeing memory after a sticky error raises again) is the point's failure, judged the same."""
+    from .roofline import device_name
+    from .timing import clock_name
+
+    try:
+        result = measurer.run(point, timer)
+    except Exception as exc:
+        result = PointResult(point=point, status=FAILED, device=device_name(measurer.device),
+                             clock=clock_name(measurer.device), reason=describe(exc))
+    return result, broken_after(result, measurer.device)
+
+
 def _worker(conn, setup: WorkerSetup) -> None:
     """A worker process: set up, announce the ceiling, then measure until told to stop or until
     the device is no longer usable."""
     import torch
 
-    from .impls import implementations
     from .roofline import device_name
+    from .timing import clock_name
 
     # Ctrl-C reaches the whole process group: the parent stops the sweep and kills this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from .sweep import Measurer
-    from .timing import clock_name
-
     device = torch.device(setup.device)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    registry = (setup.registry or implementations)(setup.vllm_ops_library, setup.vllm_module)
-    measurer = Measurer(device, registry, setup.ceiling)
+    measurer = worker_measurer(device, setup.vllm_ops_library, setup.vllm_module, setup.registry, setup.ceiling)
     conn.send(("ready", measurer.ceiling, device_name(device), clock_name(device)))
     while True:
         job = conn.recv()
         if job is None:
             return
-        point, timer = job
-        try:
-            result = measurer.run(point, timer)
-        except Exception as exc:  # e.g. freeing memory after a sticky error raises again
-            result = PointResult(point=point, status=FAILED, device=device_name(device), clock=clock_name(device),
-                                 reason=describe(exc))
-        broken = broken_after(result, device)
+        result, broken = measure_and_judge(measurer, *job)
         conn.send(("result", result, broken))
         if broken is not None:
             return
