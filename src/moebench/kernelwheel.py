@@ -198,18 +198,16 @@ def fetch(url: str, sha: str, cache: Path) -> Path:
     """The wheel at ``url`` as a local file: a file: URL as it is, anything else downloaded once
     into ``cache/<sha>/`` (written whole or not at all)."""
     import urllib.request
-    from urllib.parse import urlsplit
-    from urllib.request import url2pathname
 
-    from .wheels import WheelError, _open, wheel_filename
+    from .wheels import WheelError, local_path, open_url, wheel_filename
 
-    if urlsplit(url).scheme == "file":
-        return Path(url2pathname(urlsplit(url).path))
+    if (local := local_path(url)) is not None:
+        return local
     path = cache / sha / wheel_filename(url)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    resp = _open(url, urllib.request.Request(url))
+    resp = open_url(url, urllib.request.Request(url))
     if resp is None:
         raise WheelError(f"{url}: not found")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

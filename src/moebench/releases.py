@@ -30,7 +30,7 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -135,6 +135,17 @@ class History:
                                      project="vLLM releases: MoE permute/unpermute kernels")
 
 
+def extract_release(wheel: Path, folder: Path) -> KernelDir:
+    """The wheel's kernels in ``folder/<version>`` (replaced whole; the version is read from the
+    wheel, so they are extracted beside it first)."""
+    kdir = extract(wheel, folder / f".{wheel.name}")
+    named = folder / kdir.version
+    if named.exists():
+        shutil.rmtree(named)
+    os.replace(kdir.path, named)
+    return replace(kdir, path=named.resolve())
+
+
 def kernel_dirs(paths: Sequence[Path], cache: Path) -> list[KernelDir]:
     """Each path a wheel (extracted into ``cache``) or a kernel directory."""
     found = []
@@ -142,7 +153,7 @@ def kernel_dirs(paths: Sequence[Path], cache: Path) -> list[KernelDir]:
         if path.is_dir():
             found.append(KernelDir.load(path))
         elif path.suffix == ".whl" and path.is_file():
-            found.append(extract(path, cache / path.name.removesuffix(".whl")))
+            found.append(extract_release(path, cache))
         else:
             raise BadInput(f"{path}: neither a vLLM wheel nor a kernel directory")
     versions = [k.version for k in found]
@@ -214,12 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "extract":
         for wheel in args.wheels:
-            kdir = extract(wheel, args.out / f".{wheel.name}")
-            named = args.out / kdir.version
-            if named.exists():
-                shutil.rmtree(named)
-            os.replace(kdir.path, named)
-            print(f"{named}: vLLM {kdir.version}, commit {kdir.commit or 'unknown'}, {kdir.library}"
+            kdir = extract_release(wheel, args.out)
+            print(f"{kdir.path}: vLLM {kdir.version}, commit {kdir.commit or 'unknown'}, {kdir.library}"
                   + (f" + {kdir.module}" if kdir.module else ""))
         return 0
     history = History(args.history, args.work)

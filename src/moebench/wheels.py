@@ -81,24 +81,24 @@ def index_root(env=os.environ) -> str:
     return root.rstrip("/")
 
 
-def _is_file(url: str) -> bool:
-    return urlsplit(url).scheme == "file"
+def local_path(url: str) -> Path | None:
+    """The file a file: URL names (a local index), None for any other URL."""
+    return Path(url2pathname(urlsplit(url).path)) if urlsplit(url).scheme == "file" else None
 
 
 def _read(url: str) -> str | None:
     """The page's text, or None where it does not exist (S3 answers 403 for a missing key)."""
-    if _is_file(url):
-        path = Path(url2pathname(urlsplit(url).path))
+    if (path := local_path(url)) is not None:
         path = path / "index.html" if url.endswith("/") else path
         return path.read_text() if path.is_file() else None
-    resp = _open(url, url)
+    resp = open_url(url, url)
     if resp is None:
         return None
     with resp:
         return resp.read().decode("utf-8", "replace")
 
 
-def _open(url: str, request: str | urllib.request.Request):
+def open_url(url: str, request: str | urllib.request.Request):
     """urlopen, but None where the resource does not exist (404, or S3's 403 for a missing key);
     any other failure is a WheelError naming the URL."""
     try:
@@ -112,9 +112,9 @@ def _open(url: str, request: str | urllib.request.Request):
 
 
 def _exists(url: str) -> bool:
-    if _is_file(url):
-        return Path(url2pathname(urlsplit(url).path)).is_file()
-    resp = _open(url, urllib.request.Request(url, method="HEAD"))
+    if (path := local_path(url)) is not None:
+        return path.is_file()
+    resp = open_url(url, urllib.request.Request(url, method="HEAD"))
     if resp is None:
         return False
     resp.close()
