@@ -92,8 +92,9 @@ def result_files(mdir: Path, machine: str):
         yield path, res
 
 
-def load_series(results_dir: Path, machines: Sequence[str] | None) -> list[Series]:
-    """Every series in an asv results directory; bad or missing files raise BadInput naming them."""
+def load_series(results_dir: Path, machines: Sequence[str] | None, benchmark: str | None = None) -> list[Series]:
+    """Every series in an asv results directory (of ``benchmark`` only, where given: the other
+    benchmarks' values are not read); bad or missing files raise BadInput naming them."""
     if not results_dir.is_dir():
         raise BadInput(f"no asv results directory at {results_dir}")
     benchmarks = load_json(results_dir / "benchmarks.json", api_version=2)
@@ -114,6 +115,8 @@ def load_series(results_dir: Path, machines: Sequence[str] | None) -> list[Serie
             raise BadInput(f"corrupt asv file {mdir / 'machine.json'}: machine is not {machine!r}")
         for path, res in result_files(mdir, machine):
             for key in res.get_all_result_keys():
+                if benchmark is not None and key != benchmark:
+                    continue
                 meta = benchmarks.get(key)
                 # asv's own rule: a benchmark no longer in the suite, or whose `version` changed,
                 # starts a new history; its old results are not comparable (rows that are not

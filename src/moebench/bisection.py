@@ -150,11 +150,11 @@ class Runner:
         from .asvresults import load_series
 
         try:
-            series = load_series(self.scratch / "results", [self.machine])
+            series = load_series(self.scratch / "results", [self.machine], b.benchmark)
         except BadInput as exc:
             return [], f"asv run gave no results (exit {proc.returncode}): {exc}"
         for s in series:
-            if s.benchmark == b.benchmark and [list(p) for p in s.params] == b.params:
+            if [list(p) for p in s.params] == b.params:
                 hit = [m for m in s.measurements if m.commit == sha and m.samples]
                 if hit:
                     return list(hit[-1].samples), ""

@@ -136,8 +136,7 @@ def load_history(results: str | Path, benchmark: str, params: Sequence[str] = ()
     fixed = tuple(f"{names[i]}={_value(combos[0][i])}" for i in range(len(names)) if i not in varying)
 
     wanted = set(combos)
-    series = [s for s in load_series(results, [machine])
-              if s.benchmark == benchmark and tuple(v for _, v in s.params) in wanted]
+    series = [s for s in load_series(results, [machine], benchmark) if tuple(v for _, v in s.params) in wanted]
     runs = sorted({(m.date_ms, m.commit) for s in series for m in s.measurements})
     commits = tuple(dict.fromkeys(c for _, c in runs))
     dates = {c: d for d, c in runs}
