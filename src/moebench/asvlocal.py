@@ -36,6 +36,10 @@ from .errors import BadInput
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "ENVIRONMENT"
+# Who commits to a stand-in repository (here and in moebench.releases): fixed, so commits are
+# reproducible and a machine without a git identity can make them.
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "moebench", "GIT_AUTHOR_EMAIL": "moebench@localhost",
+                "GIT_COMMITTER_NAME": "moebench", "GIT_COMMITTER_EMAIL": "moebench@localhost"}
 
 
 def _version(dist: str) -> str:
@@ -66,8 +70,7 @@ def git(repo: Path, *args: str, env: Mapping[str, str]) -> str:
 def commit_state(repo: Path, state: str, env: Mapping[str, str] = os.environ) -> str:
     """Commit ``state`` (non-empty text) to the stand-in repository, created on first use, unless
     HEAD already records it; return HEAD's full hash."""
-    env = {"GIT_AUTHOR_NAME": "moebench", "GIT_AUTHOR_EMAIL": "moebench@localhost",
-           "GIT_COMMITTER_NAME": "moebench", "GIT_COMMITTER_EMAIL": "moebench@localhost", **env}
+    env = {**GIT_IDENTITY, **env}
     if not (repo / ".git").is_dir():
         repo.mkdir(parents=True, exist_ok=True)
         git(repo, "init", "-q", "-b", "main", env=env)

@@ -46,8 +46,6 @@ DEFAULT_GRID = {
     "MOEBENCH_IMPLS": "vllm-ops,vllm-custom",
     "MOEBENCH_L2": "warm",
 }
-_IDENTITY = {"GIT_AUTHOR_NAME": "moebench", "GIT_AUTHOR_EMAIL": "moebench@localhost",
-             "GIT_COMMITTER_NAME": "moebench", "GIT_COMMITTER_EMAIL": "moebench@localhost"}
 
 
 def _version_key(version: str):
@@ -94,7 +92,7 @@ class History:
         repo = self.work / "project"
         shutil.rmtree(repo, ignore_errors=True)
         repo.mkdir(parents=True)
-        env = {**os.environ, **_IDENTITY}
+        env = {**os.environ, **asvlocal.GIT_IDENTITY}
         asvlocal.git(repo, "init", "-q", "-b", "main", env=env)
         hashes = {}
         for r in sorted(self.releases, key=lambda r: _version_key(r["version"])):
