@@ -68,7 +68,8 @@ def _naive_combination(device_name: str) -> dict:
     from moebench.impls import implementations
     from moebench.models import resolve
     from moebench.roofline import ceiling
-    from moebench.sweep import SweepSpec, run_point
+    from moebench.grid import SweepSpec
+    from moebench.runpoint import run_point
     from moebench.timing import TimerConfig, default_calls_per_graph
 
     spec = SweepSpec(shape=resolve(NAIVE_POINT["model"]), dtype_modes=("auto",),

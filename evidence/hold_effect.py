@@ -7,7 +7,7 @@ sample holds the host's launch latency (divided by the calls per graph); moebenc
 behind a GPU hold first (``moebench.timing``). Each point is measured A B B A (vLLM, hold, hold,
 vLLM) in one process, so drift cannot pass for a difference. Writes OUT/hold-effect.json and
 prints median µs per call of both recipes, their ratio, the largest IQR / median of each recipe's
-two measurements, and which measurements stayed unsteady after ``sweep.ATTEMPTS`` tries.
+two measurements, and which measurements stayed unsteady after ``runpoint.ATTEMPTS`` tries.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from moebench.gpustate import Nvml  # noqa: E402
 from moebench.impls import implementations  # noqa: E402
 from moebench.models import resolve  # noqa: E402
 from moebench.roofline import ceiling  # noqa: E402
-from moebench.sweep import SweepSpec, run_point  # noqa: E402
+from moebench.grid import SweepSpec  # noqa: E402
+from moebench.runpoint import run_point  # noqa: E402
 from moebench.timing import TimerConfig, default_calls_per_graph  # noqa: E402
 
 

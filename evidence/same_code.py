@@ -47,7 +47,9 @@ from moebench.asvresults import load_series  # noqa: E402
 from moebench.impls.vllm import MODULE_ENV, vllm_implementations  # noqa: E402
 from moebench.models import resolve  # noqa: E402
 from moebench.roofline import ceiling  # noqa: E402
-from moebench.sweep import DEFAULT_BATCH_SIZES, Measurer, SweepSpec  # noqa: E402
+from moebench.axes import BATCH_SIZES  # noqa: E402
+from moebench.grid import SweepSpec  # noqa: E402
+from moebench.runpoint import DeviceRunner  # noqa: E402
 from moebench.timing import TimerConfig  # noqa: E402
 
 MODULE_FILE = "moe_permute_unpermute.py"
@@ -88,7 +90,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--release", type=Path, required=True, help="folder with _moe_C*.so and " + MODULE_FILE)
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES))
+    p.add_argument("--tokens", type=int, nargs="+", default=list(BATCH_SIZES))
     p.add_argument("--runs", type=int, default=10, help="same-code asv runs")
     p.add_argument("--small-tokens", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--large-tokens", type=int, nargs="+", default=[2048, 3072, 4096])
@@ -118,7 +120,7 @@ def calibrate(args, library: str, text: str) -> tuple[dict, list[dict]]:
         path = args.work / f"calibrate-{tag}.py"
         path.write_text(slowed_module(text, extra))
         impl = next(i for i in vllm_implementations(library, module_path=str(path)) if i.name == SLOWED_IMPL)
-        m = Measurer(device, {SLOWED_IMPL: impl}, ceil)
+        m = DeviceRunner(device, {SLOWED_IMPL: impl}, ceil)
         out = {}
         for model in args.models:
             shape = resolve(model)

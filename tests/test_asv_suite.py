@@ -8,9 +8,11 @@ import itertools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from array import array
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ import torch
 
 from moebench import asvlocal, suite
 from moebench.errors import BadInput
-from moebench.suite import Measured, OpTiming, PointFailed, SuiteConfig
+from moebench.suite import OpTiming, PointFailed, SuiteConfig, SuitePoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4,
@@ -37,12 +39,12 @@ def model_dir(root: Path, name: str, **overrides) -> str:
 def test_the_axes_have_one_torch_free_owner():
     """moebench.axes is where every module takes the grid's axes from; importing it, the suite
     (asv's discovery and fork server) or the CLI (`moebench -h`) loads no torch."""
-    from moebench import axes, impls, quant, results, routing, sweep, timing
+    from moebench import axes, grid, impls, quant, results, routing, timing
 
     assert (suite.DTYPE_MODES, suite.IMPLS, suite.BATCH_SIZES, suite.OPS, suite.L2_MODES) == (
         axes.DTYPE_MODES, axes.IMPLS, axes.BATCH_SIZES, axes.OPS, axes.L2_MODES)
     assert quant.DTYPE_MODES is axes.DTYPE_MODES and impls.ALL is axes.IMPLS and results.OPS is axes.OPS
-    assert routing.ROUTINGS is axes.ROUTINGS and sweep.DEFAULT_BATCH_SIZES is axes.BATCH_SIZES
+    assert routing.ROUTINGS is axes.ROUTINGS and grid.BATCH_SIZES is axes.BATCH_SIZES
     assert timing.TimerConfig is axes.TimerConfig and timing.L2_MODES is axes.L2_MODES
     probe = "import sys, moebench.cli, moebench.suite; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -58,11 +60,13 @@ def test_config_from_env():
                                 "MOEBENCH_IMPLS": "vllm-ops,reference-custom", "MOEBENCH_BATCH_SIZES": "8,1",
                                 "MOEBENCH_L2": "cold", "MOEBENCH_REPLAYS": "7", "MOEBENCH_ROUNDS": "4",
                                 "MOEBENCH_CALLS_PER_GRAPH": "3",
-                                "MOEBENCH_VLLM_OPS_LIBRARY": "x.so", "MOEBENCH_RAY": "off"})
+                                "MOEBENCH_VLLM_OPS_LIBRARY": "x.so", "MOEBENCH_RAY": "off",
+                                "MOEBENCH_RAY_WORKERS": "2", "MOEBENCH_REGISTRY": "pkg.mod:make"})
     assert cfg == SuiteConfig(models=("a", "b"), dtype_modes=("fp8_w8a8",),
                               impls=("vllm-ops", "reference-custom"), batch_sizes=(8, 1),
                               l2_modes=("cold",), replays=7, rounds=4,
-                              calls_per_graph=3, vllm_ops_library="x.so", ray="off")
+                              calls_per_graph=3, vllm_ops_library="x.so", ray="off", ray_workers=2,
+                              registry="pkg.mod:make")
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -74,6 +78,7 @@ def test_config_from_env():
     ("MOEBENCH_REPLAYS", "-1", "must be > 0"),
     ("MOEBENCH_MODELS", ",", "comma-separated"),
     ("MOEBENCH_L2", "hot", "unknown hot"),
+    ("MOEBENCH_RAY_WORKERS", "0", "must be > 0"),
 ])
 def test_config_rejects(name, value, message):
     with pytest.raises(BadInput, match=f"{name}.*{message}"):
@@ -90,11 +95,11 @@ def test_suite_import_loads_no_torch():
 
 
 def test_lookup_and_track_values():
-    ok = Measured(ops=(OpTiming("permute", array("d", [2e-6, 4e-6]), 1e-6),
+    ok = SuitePoint(ops=(OpTiming("permute", array("d", [2e-6, 4e-6]), 1e-6),
                        OpTiming("unpermute", array("d", [3e-6]), 1.5e-6)), device="cpu")
     grid = {("warm", "m", "auto", "reference-custom", 1): ok,
-            ("warm", "m", "auto", "vllm-ops", 1): Measured(skipped="no library"),
-            ("warm", "m", "auto", "reference-standard", 1): Measured(failed="permute mismatch: rows differ",
+            ("warm", "m", "auto", "vllm-ops", 1): SuitePoint(skipped="no library"),
+            ("warm", "m", "auto", "reference-standard", 1): SuitePoint(failed="permute mismatch: rows differ",
                                                                      device="cpu")}
     m = suite.lookup(grid, "warm", "m", "auto", "reference-custom", 1)
     assert m.op("permute").timing() == {"samples": [2e-6, 4e-6], "number": 1}
@@ -108,7 +113,7 @@ def test_lookup_and_track_values():
         suite.lookup(grid, "cold", "m", "auto", "reference-custom", 1)
 
 
-def test_measure_grid_on_cpu(tmp_path, monkeypatch):
+def test_setup_grid_on_cpu(tmp_path, monkeypatch):
     """Every combination of the grid gets a status; a wrong kernel fails, never becomes a number."""
     import moebench.impls
     from moebench.impls.reference import ReferenceCustom
@@ -128,7 +133,7 @@ def test_measure_grid_on_cpu(tmp_path, monkeypatch):
     cfg = SuiteConfig(models=(tiny, odd), dtype_modes=("auto", "fp8_w8a8"),
                       impls=("reference-standard", "reference-custom", "vllm-ops"), batch_sizes=(1, 5),
                       l2_modes=("warm",), replays=2, rounds=3, ray="off")
-    grid = suite.measure_grid(cfg)
+    grid = suite.setup_grid(cfg)
     assert set(grid) == set(itertools.product(suite.L2_MODES, cfg.models, cfg.dtype_modes, cfg.impls,
                                               cfg.batch_sizes))
     for (l2, model, dtype, impl, tokens), m in grid.items():
@@ -148,28 +153,55 @@ def test_measure_grid_on_cpu(tmp_path, monkeypatch):
             assert all(o.timing()["samples"] == list(o.rounds_s) for o in m.ops)
 
 
+def _verdicts(grid):
+    """What a grid says of each combination, numbers left out: skipped, failed, the device (its
+    kind: a Ray worker's CPU has one thread, num_cpus=1) and the rounds it has."""
+    return {key: (m.skipped, m.failed, m.device.split(" (")[0], [(o.op, len(o.rounds_s)) for o in m.ops])
+            for key, m in grid.items()}
+
+
 @pytest.mark.slow
-def test_measure_grid_through_ray(tmp_path, monkeypatch):
-    """The multi-GPU path, on this machine's CPU: a local Ray cluster, one pool for both L2 modes."""
+def test_two_ray_workers_give_the_local_grid(tmp_path, monkeypatch, capsys):
+    """The multi-GPU path, on this machine's CPU: two Ray workers of a local cluster, one pool for
+    both L2 modes, give the grid the local path gives (the same combinations, verdicts, devices
+    and rounds; CPU timings differ only by noise)."""
     pytest.importorskip("ray")
-    monkeypatch.setattr(suite, "_use_ray", lambda cfg: True)
+    from moebench.executors import LOCAL_RAY
+
     tiny = model_dir(tmp_path, "tiny")
     cfg = SuiteConfig(models=(tiny,), dtype_modes=("auto",), impls=("reference-custom", "vllm-custom"),
-                      batch_sizes=(1, 5), replays=2, rounds=3)
-    grid = suite.measure_grid(cfg)
-    assert set(grid) == set(itertools.product(suite.L2_MODES, [tiny], ["auto"], cfg.impls, [1, 5]))
-    for (_, _, _, impl, _), m in grid.items():
-        if impl == "vllm-custom":
-            assert m.skipped and not m.ops
-        else:
-            assert m.failed is None and [len(o.rounds_s) for o in m.ops] == [3, 3]
+                      batch_sizes=(1, 5, 9), replays=2, rounds=3, ray_workers=2)
+    local = suite.setup_grid(replace(cfg, ray="off"))
+    monkeypatch.setattr(suite, "_ray_placement", lambda cfg: LOCAL_RAY)
+    fanned = suite.setup_grid(cfg)
+    assert set(fanned) == set(itertools.product(suite.L2_MODES, [tiny], ["auto"], cfg.impls, [1, 5, 9]))
+    assert _verdicts(fanned) == _verdicts(local)
+    assert sum(1 for m in fanned.values() if m.ops) == 6  # reference-custom: 3 sizes x 2 L2 modes
+    assert "measured 12 points on 2 Ray worker(s)" in capsys.readouterr().out
 
 
 def test_ray_only_where_it_helps():
-    assert not suite._use_ray(SuiteConfig(ray="off"))
-    assert suite._use_ray(SuiteConfig(ray="ray://head:10001"))
-    assert suite._use_ray(SuiteConfig(ray="auto")) == (
-        torch.cuda.device_count() > 1 and __import__("importlib").util.find_spec("ray") is not None)
+    from moebench.executors import LOCAL_RAY
+
+    assert suite._ray_placement(SuiteConfig(ray="off")) is None
+    assert suite._ray_placement(SuiteConfig(ray="ray://head:10001")) == "ray://head:10001"
+    wanted = torch.cuda.device_count() > 1 and __import__("importlib").util.find_spec("ray") is not None
+    assert suite._ray_placement(SuiteConfig(ray="auto")) == (LOCAL_RAY if wanted else None)
+
+
+def test_registry_hook_names_a_callable(tmp_path):
+    from moebench.impls import implementations
+
+    assert suite.registry_factory("moebench.impls:implementations") is implementations
+    assert suite.registry_factory(None) is None
+    (tmp_path / "my_kernels.py").write_text("def registry(lib=None, module=None):\n    return {'x': lib}\n")
+    assert suite.registry_factory(f"{tmp_path}/my_kernels.py:registry")("lib.so") == {"x": "lib.so"}
+    for bad, why in [("moebench.impls", "expected package.module:function or file.py:function"),
+                     ("moebench.nowhere:f", "No module named 'moebench.nowhere'"),
+                     (f"{tmp_path}/none.py:f", f"no file {tmp_path}/none.py"),
+                     ("moebench.impls:ALL", "expected package.module:function or file.py:function, naming a callable")]:
+        with pytest.raises(BadInput, match=re.escape(f"MOEBENCH_REGISTRY={bad}: {why}")):
+            suite.registry_factory(bad)
 
 
 def _asv_env(home: Path) -> dict[str, str]:

@@ -20,13 +20,11 @@ import sys
 import time
 
 import pytest
-import torch
 
-from moebench.fanout import Pool, run_sweep_ray
-from moebench.impls import implementations
+from moebench.executors import Placement, open_executor
+from moebench.grid import SweepSpec, run_grid
 from moebench.models import resolve
 from moebench.results import load
-from moebench.sweep import Measurer, SweepSpec, run_sweep
 from moebench.timing import TimerConfig
 from test_cli import assert_bad_input, model_dir, moebench
 
@@ -79,8 +77,10 @@ def test_ray_sweep_gives_the_single_process_points_in_order(cluster, tmp_path):
     shape = resolve(str(model_dir(tmp_path)))
     spec = SweepSpec(shape, ("auto",), ("reference-standard", "reference-custom", "vllm-custom"),
                      batch_sizes=(1, 7, 32))
-    local = run_sweep(spec, TIMER, Measurer(torch.device("cpu"), implementations()))
-    fanned = run_sweep_ray(spec, TIMER, num_workers=2, json_path=str(tmp_path / "r.json"))
+    with open_executor(Placement(device="cpu", isolate=False)) as here:
+        local = run_grid(spec.jobs(TIMER), here)
+    with open_executor(Placement(ray=cluster, workers=2)) as pool:
+        fanned = run_grid(spec.jobs(TIMER), pool, json_path=str(tmp_path / "r.json"))
     assert summary(fanned) == summary(local)
     assert [r.status for r in fanned].count("ok") == 6  # the vLLM ones are skipped, with reasons
     meta, on_file = load(tmp_path / "r.json")
@@ -93,14 +93,15 @@ def test_ray_sweep_gives_the_single_process_points_in_order(cluster, tmp_path):
     assert {(r.device, r.node) for r in fanned} == {(workers[0]["device"], socket.gethostname())}
     assert meta["ceiling"] == workers[0]["ceiling"] == workers[1]["ceiling"]
     assert meta["ray"]["died"] == []
+    assert meta["ray"]["startup_s"] > 0 and meta["ray"]["sweep_s"] > 0  # the final account is in the file
 
 
 def test_pool_returns_results_in_the_order_given(cluster, tmp_path):
     shape = resolve(str(model_dir(tmp_path)))
     points = SweepSpec(shape, ("auto",), ("reference-standard",), batch_sizes=(64, 1, 16, 2)).points()[::-1]
-    with Pool(num_workers=2) as pool:
-        results = pool.measure(points, TIMER)
-        assert pool.measure([], TIMER) == []
+    with open_executor(Placement(ray=cluster, workers=2)) as pool:
+        results = run_grid([(p, TIMER) for p in points], pool)
+        assert run_grid([], pool) == []
     assert [r.point for r in results] == points
     assert all(r.status == "ok" and len(r.ops) == 2 for r in results)
 
@@ -140,15 +141,18 @@ def test_a_dead_worker_is_replaced_and_its_point_measured_by_the_fresh_one(clust
     shape = resolve(str(model_dir(tmp_path)))
     points = SweepSpec(shape, ("auto",), ("reference-standard",), batch_sizes=(1, 2, 3, 4)).points()
     first: list[int] = []
-    with Pool(num_workers=1) as pool:
+    results = {}
+    with open_executor(Placement(ray=cluster, workers=1)) as pool:
         (worker,) = pool.workers
 
         def kill_after_first(i, result):
+            results[i] = result
             if not first:
                 first.append(i)
                 os.kill(worker.pid, signal.SIGKILL)
 
-        results = pool.measure(points, TIMER, on_result=kill_after_first)
+        pool.run([(p, TIMER) for p in points], kill_after_first)
+    results = [results[i] for i in range(len(points))]
     assert [r.point for r in results] == points
     assert [r.status for r in results] == ["ok"] * len(points)
     (death,) = pool.deaths
@@ -251,8 +255,9 @@ def test_a_faulting_point_costs_its_worker_and_the_ray_grid_goes_on(cluster, fau
 
     ray.cloudpickle.register_pickle_by_value(faults)  # Ray's workers cannot import the tests' modules
     points = SweepSpec(resolve("Qwen/Qwen3-30B-A3B"), ("auto",), ("reference-custom",), batch_sizes=(1, 2, 4, 8)).points()
-    with Pool(num_workers=1, registry=faults.factory(fault), point_timeout_s=8.0) as pool:
-        results = pool.measure(points, TIMER)
+    placement = Placement(ray=cluster, workers=1, registry=faults.factory(fault), point_timeout_s=8.0)
+    with open_executor(placement) as pool:
+        results = run_grid([(p, TIMER) for p in points], pool)
         meta = pool.meta()["ray"]
     by_t = {r.point.num_tokens: r for r in results}
     assert [by_t[t].status for t in (1, 2, 4, 8)] == ["ok", "ok", "failed", "ok"]

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from moebench.axes import TimerConfig
-from moebench.isolate import IsolatedMeasurer, WorkerSetup, is_sticky, watchdog_s
+from moebench.grid import SweepSpec
+from moebench.isolate import IsolatedRunner, WorkerSetup, is_sticky, watchdog_s
 from moebench.models import resolve
 from moebench.results import FAILED, OK
-from moebench.sweep import SweepSpec
 from standins import faults
 
 TIMER = TimerConfig(calls_per_graph=1, replays=3, rounds=2, warmup=1)
@@ -26,7 +26,7 @@ def _points():
 
 
 def _sweep(fault: str, timeout: float | None = None):
-    with IsolatedMeasurer(WorkerSetup("cpu", registry=faults.factory(fault)), point_timeout_s=timeout) as m:
+    with IsolatedRunner(WorkerSetup("cpu", registry=faults.factory(fault)), point_timeout_s=timeout) as m:
         results = [m.run(p, TIMER) for p in _points()]
         return results, list(m.recoveries)
 
@@ -50,9 +50,9 @@ def test_without_isolation_a_sticky_error_fails_every_later_point():
     """The control: the same stand-in in one process poisons the rest of the sweep."""
     import torch
 
-    from moebench.sweep import Measurer
+    from moebench.runpoint import DeviceRunner
 
-    m = Measurer(torch.device("cpu"), faults.registry(fault="sticky@4"))
+    m = DeviceRunner(torch.device("cpu"), faults.registry(fault="sticky@4"))
     try:
         statuses = [m.run(p, TIMER).status for p in _points()]
     finally:
@@ -73,16 +73,16 @@ def test_watchdog_scales_with_batch_size_and_can_be_set():
 
 
 def test_the_sweep_saves_every_point_and_the_fault_as_it_goes(tmp_path):
-    from moebench.isolate import measurer_for
+    from moebench.executors import Placement, open_executor
+    from moebench.grid import run_grid
     from moebench.results import load
-    from moebench.sweep import run_sweep
-
-    import torch
 
     spec = SweepSpec(shape=resolve("Qwen/Qwen3-30B-A3B"), dtype_modes=("auto",), impls=("reference-custom",),
                      batch_sizes=SIZES)
-    with measurer_for(torch.device("cpu"), {}, isolate=True, registry_factory=faults.factory("segv@2")) as m:
-        results = run_sweep(spec, TIMER, m, json_path=str(tmp_path / "s.json"))
+    with open_executor(Placement(device="cpu", isolate=True, registry=faults.factory("segv@2"))) as executor:
+        results = run_grid(spec.jobs(TIMER), executor, json_path=str(tmp_path / "s.json"))
+    meta, _ = load(tmp_path / "s.json")
+    assert [r["point"] for r in meta["replaced"]] == [results[1].point.key]
     _, on_disk = load(tmp_path / "s.json")
     assert [(r.point.num_tokens, r.status) for r in on_disk] == [(r.point.num_tokens, r.status) for r in results]
     assert [r.status for r in on_disk] == [OK, FAILED, OK, OK] and "SIGSEGV" in on_disk[1].reason
@@ -94,7 +94,7 @@ def test_the_asv_suites_grid_goes_on_after_a_hang():
     cfg = suite.SuiteConfig(models=("Qwen/Qwen3-30B-A3B",), dtype_modes=("auto",), impls=("reference-custom",),
                             batch_sizes=SIZES, l2_modes=("warm",), rounds=2, replays=3, ray="off",
                             isolate=True, point_timeout_s=6.0)
-    grid = suite.measure_grid(cfg, registry_factory=faults.factory("hang@2"))
+    grid = suite.setup_grid(cfg, registry=faults.factory("hang@2"))
     point = {t: grid[("warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", t)] for t in SIZES}
     assert "exceeded the watchdog limit of 6 s" in point[2].failed
     assert all(point[t].failed is None and point[t].op("permute").rounds_s for t in (1, 4, 8))

@@ -138,3 +138,27 @@ def test_report_marks_ops_that_were_measured_again():
     console = Console(record=True, width=200)
     print_report([r], "t", console)
     assert "↻" not in console.export_text()
+
+
+def test_an_unknown_gpu_state_says_why_in_the_file_and_once_per_run(tmp_path, monkeypatch):
+    """NVML that cannot be opened (no library, driver or permission) is not silence: each CUDA
+    result's state carries the reason, the file keeps it, and the run names it once."""
+    import sys
+
+    import torch
+
+    from moebench.gpustate import Nvml
+    from moebench.results import gpu_state_errors
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` raises ImportError
+    nvml = Nvml()
+    state = nvml.read(torch.device("cuda"))
+    assert state == GpuState(error="NVML unavailable: import of pynvml halted; None in sys.modules")
+    assert not state.throttled and nvml.read(torch.device("cpu")) is None
+    unknown = replace(_result(1), ops=(replace(_result(1).ops[0], gpu_state=state),))
+    f = ResultsFile(tmp_path / "r.json", {})
+    f.add(unknown)
+    f.add(_result(2))
+    _, back = load(tmp_path / "r.json")
+    assert back[0] == unknown and gpu_state_errors(back) == [state.error]
+    assert gpu_state_errors([_result(1)]) == []

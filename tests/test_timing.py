@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import gpu
-from moebench import sweep
+from moebench import grid, runpoint
 from moebench.gpustate import GpuState, Nvml
 from moebench.roofline import Ceiling
 from moebench.stats import interquartile_mean, steady, summarize
@@ -101,7 +101,7 @@ def test_steady_accepts_clock_resolution_and_two_percent():
 def _scripted_measure(monkeypatch, batches):
     """Replace the timer by one that returns the given sample batches in turn."""
     calls = iter(batches)
-    monkeypatch.setattr(sweep, "measure", lambda fn, device, timer: next(calls))
+    monkeypatch.setattr(runpoint, "measure", lambda fn, device, timer: next(calls))
 
 
 STEADY = [19e-6 + i * 1e-9 for i in range(40)]  # IQR 0.02 µs
@@ -111,9 +111,9 @@ DISTURBED = [19e-6 * (1 + (i % 4) * 0.1) for i in range(40)]  # IQR ~20 % of the
 def _op(device, nvml=None, rounds=1):
     """One op measured in ``rounds`` rounds as run_point does it: the result and why unsteady."""
     ceil = Ceiling(device="x", bytes_per_s=1e12, method="torch-copy")
-    into = sweep._OpRounds()
+    into = runpoint._OpRounds()
     for _ in range(rounds):
-        sweep._time_round("unpermute", lambda: None, device, TimerConfig(calls_per_graph=10), nvml or Nvml(), into)
+        runpoint._time_round("unpermute", lambda: None, device, TimerConfig(calls_per_graph=10), nvml or Nvml(), into)
     return into.result("unpermute", 1_000_000, ceil), into.unsteady
 
 
@@ -140,7 +140,7 @@ def test_gpu_point_unsteady_after_every_attempt_has_no_number(monkeypatch):
     worse = [x * 1.5 if i % 2 else x for i, x in enumerate(DISTURBED)]
     _scripted_measure(monkeypatch, [worse, DISTURBED, worse])
     op, why = _op(torch.device("cuda"))
-    assert op.attempts == sweep.ATTEMPTS
+    assert op.attempts == runpoint.ATTEMPTS
     assert op.median_us == pytest.approx(interquartile_mean(DISTURBED) * 1e6, rel=1e-4)  # the steadiest
     assert why.startswith("unpermute timing unsteady in round 1: IQR ") and "of 3 measurements" in why
 
@@ -218,20 +218,20 @@ def test_measurer_throws_away_one_round_before_an_implementations_first_gpu_poin
     """The first measurement of an implementation's kernels in a process lands in a state of its
     own (docs/measurements.md): on a GPU it is taken once more, as a discarded one-round point."""
     calls = []
-    monkeypatch.setattr(sweep, "run_point", lambda point, impl, device, timer, *rest: calls.append(
+    monkeypatch.setattr(runpoint, "run_point", lambda point, impl, device, timer, *rest: calls.append(
         (point.impl, point.dtype_mode, point.num_tokens, timer.rounds)) or point.num_tokens)
     ceil = Ceiling(device="x", bytes_per_s=1e12, method="torch-copy")
     from moebench.models import resolve
 
-    spec = sweep.SweepSpec(shape=resolve("mistralai/Mixtral-8x7B-Instruct-v0.1"), dtype_modes=("auto", "fp8_w8a8"),
+    spec = grid.SweepSpec(shape=resolve("mistralai/Mixtral-8x7B-Instruct-v0.1"), dtype_modes=("auto", "fp8_w8a8"),
                            impls=("reference-custom", "vllm-ops"), batch_sizes=(1, 16))
-    m = sweep.Measurer(torch.device("cuda"), {"reference-custom": None, "vllm-ops": None}, ceil)
+    m = runpoint.DeviceRunner(torch.device("cuda"), {"reference-custom": None, "vllm-ops": None}, ceil)
     assert [m.run(p, TimerConfig()) for p in spec.points()] == [1, 1, 16, 16, 1, 1, 16, 16]
     thrown = [c for c in calls if c[3] == 1]
     assert thrown == [(impl, mode, 1, 1) for mode in ("auto", "fp8_w8a8") for impl in ("reference-custom", "vllm-ops")]
     assert len(calls) == 8 + 4
     calls.clear()
-    sweep.Measurer(CPU, {"reference-custom": None, "vllm-ops": None}, ceil).run(spec.points()[0], TimerConfig())
+    runpoint.DeviceRunner(CPU, {"reference-custom": None, "vllm-ops": None}, ceil).run(spec.points()[0], TimerConfig())
     assert calls == [("reference-custom", "auto", 1, 5)]  # the host clock has no such state
 
 

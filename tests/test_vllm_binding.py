@@ -2,7 +2,7 @@
 
 The stand-ins (tests/standins/vllm_eras.py) copy each release's signatures and op schemas and
 compute real outputs, so these tests run the binding's calls, its layout conversion and the core
-correctness gate (through ``sweep.run_point``, exactly as a sweep does) for every era, fp8 and
+correctness gate (through ``runpoint.run_point``, exactly as a sweep does) for every era, fp8 and
 expert parallelism included. Where the digest's copies of the real release files exist
 (/work/vllm-src), the real ``moe_permute_unpermute.py`` of all 13 releases runs too, over stand-in
 kernels registered as ``_moe_C`` in a subprocess. Bad input and unloadable kernels are checked
@@ -47,7 +47,7 @@ from moebench.impls.vllm import (
 from moebench.results import FAILED, OK, SKIPPED, Point
 from moebench.roofline import Ceiling
 from moebench.routing import ExpertParallel
-from moebench.sweep import run_point
+from moebench.runpoint import run_point
 from moebench.timing import TimerConfig
 from standins import vllm_eras as standins
 
@@ -442,7 +442,7 @@ def test_importing_moebench_imports_no_vllm(tmp_path):
     """Even with a vLLM on the path, nothing imports it until an implementation is asked."""
     (tmp_path / "vllm").mkdir()
     (tmp_path / "vllm" / "__init__.py").write_text("raise SystemExit('vllm was imported')\n")
-    code = ("import sys, moebench, moebench.cli, moebench.sweep; from moebench.impls import implementations; "
+    code = ("import sys, moebench, moebench.cli, moebench.runpoint; from moebench.impls import implementations; "
             "implementations(); assert 'vllm' not in sys.modules; print('ok')")
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{tmp_path}"}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -486,7 +486,7 @@ from moebench.gpustate import Nvml
 from moebench.impls.vllm import Kernels, Source, file_python, vllm_implementations
 from moebench.results import Point
 from moebench.roofline import Ceiling
-from moebench.sweep import run_point
+from moebench.runpoint import run_point
 from moebench.timing import TimerConfig
 timer = TimerConfig(calls_per_graph=1, replays=1, rounds=1, max_seconds=0.0, min_replays=1)
 results = {}

@@ -25,12 +25,12 @@ MAX_HOLD_S = 10e-3  # a graph of many nodes takes a few hundred; a late replay d
 
 @dataclass(frozen=True)
 class TimerConfig:
-    """How ``timing`` takes samples and ``sweep.run_point`` takes rounds."""
+    """How ``timing`` takes samples and ``runpoint.run_point`` takes rounds."""
 
     calls_per_graph: int = 10
     replays: int = 20  # per round
     warmup: int = 5
-    rounds: int = 5  # independent measurements of a point (sweep.run_point): fresh buffers and graph
+    rounds: int = 5  # independent measurements of a point (runpoint.run_point): fresh buffers and graph
     l2: str = "warm"
     max_seconds: float = 0.5  # host timer only
     min_replays: int = 5  # host timer only

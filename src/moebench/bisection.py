@@ -81,7 +81,7 @@ class Bisection:
 # ---------------------------------------------------------------- measuring
 
 
-class Runner:
+class CommitRunner:
     """Runs asv for one series at one commit into a scratch results directory."""
 
     def __init__(self, conf_path: Path, machine: str, scratch: Path) -> None:
@@ -127,7 +127,7 @@ class Runner:
                              capture_output=True, text=True)
         return out.stdout.strip()
 
-    def measure(self, b: Bisection, sha: str) -> tuple[list[float], str]:
+    def series_at(self, b: Bisection, sha: str) -> tuple[list[float], str]:
         """Round values of ``b``'s series at ``sha``, or ``([], why not)``."""
         from .asvlocal import asv, run_commit
 
@@ -198,7 +198,7 @@ def judge(b: Bisection, sha: str) -> tuple[str, dict]:
     return side, {"commit": sha, "side": side, "median": iv.median, "lo": iv.lo, "hi": iv.hi, "rounds": len(step.samples)}
 
 
-def advance(b: Bisection, runner: Runner, budget: int) -> int:
+def advance(b: Bisection, runner: CommitRunner, budget: int) -> int:
     """Bisect ``b`` until it ends or ``budget`` measurements are spent; returns the ones spent."""
     spent = 0
     if b.hi < 0:
@@ -212,7 +212,7 @@ def advance(b: Bisection, runner: Runner, budget: int) -> int:
         if sha not in b.values:
             if spent >= budget:
                 break
-            values, why = runner.measure(b, sha)
+            values, why = runner.series_at(b, sha)
             spent += 1
             b.measured.append(sha)
             if not values:
@@ -256,7 +256,7 @@ def save_state(path: Path, state: dict[str, Bisection]) -> None:
 
 
 def from_alerts(report: dict, machine: str | None, results: Path,
-                runner: Runner) -> tuple[list[Bisection], dict[str, list[str]]]:
+                runner: CommitRunner) -> tuple[list[Bisection], dict[str, list[str]]]:
     """A bisection for every regression whose range holds more than one commit; and the others:
     culprit commit -> the entries whose alert already names it (good and bad are adjacent)."""
     from .asvresults import load_series
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commit_url = args.commit_url or commit_url
     state = load_state(args.state)
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="moebench-bisect-"))
-    runner = Runner(args.config, args.machine, scratch)
+    runner = CommitRunner(args.config, args.machine, scratch)
     if args.alerts:
         try:
             report = json.loads(args.alerts.read_text())

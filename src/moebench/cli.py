@@ -119,22 +119,6 @@ def impls_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise BadInput(f"bad --device {name!r}: {exc}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise BadInput(f"--device {name}: moebench times on cuda or cpu, not {dev.type}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"--device {name}: no CUDA device is available here")
-    return dev
-
-
 def _check_writable(path: str | None, flag: str) -> None:
     if path is None:
         return
@@ -197,77 +181,56 @@ def cmd_sweep(argv: Sequence[str]) -> int:
         raise BadInput(f"--batch-size repeats {', '.join(map(str, repeated))}: each size is one point")
     if args.resume and not args.json:
         raise BadInput("--resume needs --json PATH (the file to continue)")
-    use_ray = args.ray or args.ray_address is not None
+    from .executors import LOCAL_RAY, Placement, open_executor
+    from .grid import SweepSpec, run_grid, validate_row_bytes
     from .routing import ExpertParallel
-    from .sweep import OOM_PREFIX, SweepSpec, validate_row_bytes
+    from .runpoint import OOM_PREFIX
 
-    if args.ray_workers and not use_ray:
-        raise BadInput("--ray-workers needs --ray or --ray-address")
-    if use_ray and args.device:
-        raise BadInput("--device does not apply with --ray/--ray-address: each Ray worker uses its "
-                       "own GPU (the CPU on a cluster without GPUs)")
     ep = ExpertParallel(args.ep_size, args.ep_rank)
     shape = resolve(args.model, trust_remote_code=args.trust_remote_code)
     ep.local_range(shape.num_experts)
     validate_row_bytes(shape, [args.dtype])
-    if use_ray:
-        import torch
+    ray = args.ray_address or (LOCAL_RAY if args.ray else None)
+    placement = Placement(ray=ray, device=args.device, workers=args.ray_workers, isolate=args.isolate,
+                          point_timeout_s=args.point_timeout, vllm_ops_library=args.vllm_ops_library)
+    with open_executor(placement, console=err) as executor:
+        # Implementations and timer follow the executor's device (a Ray cluster's GPUs, or CPUs).
+        device = executor.device
+        from .impls import implementations
 
-        from .fanout import connect
+        registry = implementations(args.vllm_ops_library)
+        if args.vllm_ops_library:
+            from .impls.vllm import NOT_VLLM
 
-        # Workers use the cluster's GPUs (or CPUs): implementations and timer follow those.
-        device = torch.device(connect(args.ray_address).device_type)
-    else:
-        device = _device(args.device)
+            why = registry["vllm-ops"].unavailable(args.dtype, device) or ""
+            if NOT_VLLM in why:  # loads, but is some other library: never time around it silently
+                raise BadInput(f"--vllm-ops-library {args.vllm_ops_library} is not a vLLM kernel library: {why}")
+        names, notes = _select_impls(args, registry, device)
+        for note in notes:
+            err.print(f"[yellow]note:[/yellow] {note}")
+        if args.dtype == "int8_w8a16":
+            err.print("[yellow]note:[/yellow] int8_w8a16 quantizes weights only: activations are "
+                      "untouched, so permute/unpermute do the same work as --dtype auto")
 
-    from .impls import implementations
+        from .timing import default_calls_per_graph
 
-    registry = implementations(args.vllm_ops_library)
-    if args.vllm_ops_library:
-        from .impls.vllm import NOT_VLLM
-
-        why = registry["vllm-ops"].unavailable(args.dtype, device) or ""
-        if NOT_VLLM in why:  # loads, but is some other library: never time around it silently
-            raise BadInput(f"--vllm-ops-library {args.vllm_ops_library} is not a vLLM kernel library: {why}")
-    names, notes = _select_impls(args, registry, device)
-    for note in notes:
-        err.print(f"[yellow]note:[/yellow] {note}")
-    if args.dtype == "int8_w8a16":
-        err.print("[yellow]note:[/yellow] int8_w8a16 quantizes weights only: activations are "
-                  "untouched, so permute/unpermute do the same work as --dtype auto")
-
-    from .timing import default_calls_per_graph
-
-    calls = args.calls_per_graph or default_calls_per_graph(device, args.l2)
-    if args.l2 == "cold" and calls > 1:
-        err.print(f"[yellow]note:[/yellow] --l2 cold with {calls} calls per graph: only the first "
-                  "call of each replay sees a cold L2")
-    timer = TimerConfig(calls_per_graph=calls, replays=args.replays, rounds=args.rounds, l2=args.l2)
-    spec = SweepSpec(shape=shape, dtype_modes=(args.dtype,), impls=names,
-                     batch_sizes=tuple(args.batch_size or BATCH_SIZES),
-                     routing=args.routing, l2=args.l2, ep=ep, seed=args.seed)
-    meta = {"argv": list(argv), "shape": shape.summary(), "device": str(device),
-            "timer": asdict(timer), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if use_ray:
-        from .fanout import run_sweep_ray
-
-        results = run_sweep_ray(spec, timer, vllm_ops_library=args.vllm_ops_library,
-                                address=args.ray_address, num_workers=args.ray_workers,
-                                json_path=args.json, resume=args.resume, meta=meta, console=err,
-                                point_timeout_s=args.point_timeout)
-    else:
-        from .isolate import measurer_for
-        from .sweep import run_sweep
-
-        with measurer_for(device, registry, isolate=args.isolate, point_timeout_s=args.point_timeout,
-                          vllm_ops_library=args.vllm_ops_library) as measurer:
-            results = run_sweep(spec, timer, measurer, json_path=args.json, resume=args.resume,
-                                meta=meta, console=err)
-            if getattr(measurer, "recoveries", None):
-                err.print(f"[yellow]note:[/yellow] {len(measurer.recoveries)} point(s) left the worker "
-                          "unusable; the sweep went on in a fresh process each time")
+        calls = args.calls_per_graph or default_calls_per_graph(device, args.l2)
+        if args.l2 == "cold" and calls > 1:
+            err.print(f"[yellow]note:[/yellow] --l2 cold with {calls} calls per graph: only the first "
+                      "call of each replay sees a cold L2")
+        timer = TimerConfig(calls_per_graph=calls, replays=args.replays, rounds=args.rounds, l2=args.l2)
+        spec = SweepSpec(shape=shape, dtype_modes=(args.dtype,), impls=names,
+                         batch_sizes=tuple(args.batch_size or BATCH_SIZES),
+                         routing=args.routing, l2=args.l2, ep=ep, seed=args.seed)
+        meta = {"argv": list(argv), "shape": shape.summary(), "device": str(device),
+                "timer": asdict(timer), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        results = run_grid(spec.jobs(timer), executor, json_path=args.json, resume=args.resume, meta=meta,
+                           console=err)
+        if recoveries := getattr(executor, "recoveries", None):
+            err.print(f"[yellow]note:[/yellow] {len(recoveries)} point(s) left their worker unusable; "
+                      "the sweep went on in a fresh process each time")
     from .report import plot, print_report
-    from .results import FAILED, write_csv
+    from .results import FAILED, gpu_state_errors, write_csv
 
     title = (f"{shape.model}: E={shape.num_experts} k={shape.topk} H={shape.hidden_size} "
              f"{shape.dtype} · dtype={args.dtype} · routing={args.routing} · L2 {args.l2}"
@@ -280,6 +243,8 @@ def cmd_sweep(argv: Sequence[str]) -> int:
     for path in (args.json, args.csv, args.plot):
         if path:
             err.print(f"wrote {path}")
+    for why in gpu_state_errors(results):
+        err.print(f"[yellow]note:[/yellow] GPU state (clocks, throttling) unknown: {why}")
     failed = [r for r in results if r.status == FAILED]
     for r in failed:
         err.print(f"[red]failed[/red] {r.point.key}: {r.reason}")
@@ -307,7 +272,9 @@ def cmd_impls(argv: Sequence[str]) -> int:
     args = impls_parser().parse_args(argv)
     from .impls import implementations
 
-    device = _device(args.device)
+    from .executors import resolve_device
+
+    device = resolve_device(args.device)
     registry = implementations(args.vllm_ops_library)
     for name, impl in registry.items():
         why = impl.unavailable("auto", device)

@@ -27,11 +27,14 @@ THROTTLE_BITS = {
 
 @dataclass(frozen=True)
 class GpuState:
-    sm_clock_mhz: int
-    max_sm_clock_mhz: int
-    temperature_c: int
-    power_w: float
-    throttle_reasons: tuple[str, ...]
+    """What NVML said of the card after a measurement; where it could not say, only ``error``."""
+
+    sm_clock_mhz: int | None = None
+    max_sm_clock_mhz: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    throttle_reasons: tuple[str, ...] = ()
+    error: str | None = None  # why the state is unknown (no NVML library, driver or permission)
 
     @property
     def throttled(self) -> bool:
@@ -43,7 +46,9 @@ def decode_reasons(mask: int) -> tuple[str, ...]:
 
 
 class Nvml:
-    """Opened once per process; ``read`` returns None where NVML is unavailable."""
+    """Opened once per process. ``read`` returns None off CUDA devices; on a CUDA device whose
+    state NVML cannot give, a ``GpuState`` with only ``error``, so a result says why its state is
+    unknown instead of being silent about it."""
 
     def __init__(self) -> None:
         self.error: str | None = None
@@ -70,8 +75,10 @@ class Nvml:
         return self._handles[idx]
 
     def read(self, device: torch.device) -> GpuState | None:
-        if self._nv is None or device.type != "cuda":
+        if device.type != "cuda":
             return None
+        if self._nv is None:
+            return GpuState(error=self.error)
         nv = self._nv
         try:
             h = self._handle(device)
@@ -84,5 +91,4 @@ class Nvml:
                 throttle_reasons=decode_reasons(reasons_fn(h)),
             )
         except Exception as exc:
-            self.error = f"NVML read failed: {one_line(exc, 120)}"
-            return None
+            return GpuState(error=f"NVML read failed: {one_line(exc, 120)}")

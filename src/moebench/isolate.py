@@ -3,7 +3,7 @@ that faults or hangs costs one point, not the sweep.
 
 A kernel that faults on the GPU (an illegal address, a device-side assert) leaves the process's
 CUDA context unusable: every later point in it would fail too. A kernel library can also crash
-the process outright (SIGSEGV), or a kernel can never return. So ``IsolatedMeasurer`` runs each
+the process outright (SIGSEGV), or a kernel can never return. So ``IsolatedRunner`` runs each
 point in a worker process (started once, with ``multiprocessing``'s spawn: no CUDA state is ever
 inherited) and, after every point, decides whether that worker can go on:
 
@@ -16,9 +16,9 @@ inherited) and, after every point, decides whether that worker can go on:
   (``watchdog_s``; killed): the point is failed with the signal, exit code or limit, and the next
   point starts a fresh worker.
 A fresh worker gets the same device, the same bandwidth ceiling (measured once, by the first
-worker) and the same implementations; it primes each implementation again (``sweep.Measurer``).
+worker) and the same implementations; it primes each implementation again (``runpoint.DeviceRunner``).
 Every result is returned before anything is retried, so whatever the caller saves after each point
-(the CLI's ``--json``) is never lost. ``recoveries`` records each replacement and its cost.
+(``grid.run_grid``'s results file) is never lost. ``recoveries`` records each replacement and its cost.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .axes import TimerConfig
-from .errors import BadInput, describe, one_line
+from .errors import describe, one_line
 from .results import FAILED, Point, PointResult
 
 # Messages of CUDA errors after which a context cannot be used again (cudaGetErrorString texts).
@@ -96,22 +95,22 @@ def broken_after(result: PointResult, device) -> str | None:
     return result.reason if is_sticky(result.reason) else _device_unusable(device)
 
 
-def worker_measurer(device, vllm_ops_library: str | None, vllm_module: str | None,
+def device_runner(device, vllm_ops_library: str | None, vllm_module: str | None,
                     registry: Callable[..., dict] | None = None, ceiling: Any = None):
-    """A worker's ``sweep.Measurer`` (an isolated worker's or a Ray actor's): its device made
+    """A worker's ``runpoint.DeviceRunner`` (an isolated worker's or a Ray actor's): its device made
     current, its implementations built in this process (``registry``, default
     ``impls.implementations``)."""
     import torch
 
     from .impls import implementations
-    from .sweep import Measurer
+    from .runpoint import DeviceRunner
 
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    return Measurer(device, (registry or implementations)(vllm_ops_library, vllm_module), ceiling)
+    return DeviceRunner(device, (registry or implementations)(vllm_ops_library, vllm_module), ceiling)
 
 
-def measure_and_judge(measurer, point: Point, timer: TimerConfig) -> tuple[PointResult, str | None]:
+def run_and_judge(runner, point: Point, timer: TimerConfig) -> tuple[PointResult, str | None]:
     """One point measured by a worker, and why the worker can no longer be trusted with its
     device afterwards (``broken_after``), or None. An exception that escapes the measurement (e.g.
     freeing memory after a sticky error raises again) is the point's failure, judged the same."""
@@ -119,11 +118,11 @@ def measure_and_judge(measurer, point: Point, timer: TimerConfig) -> tuple[Point
     from .timing import clock_name
 
     try:
-        result = measurer.run(point, timer)
+        result = runner.run(point, timer)
     except Exception as exc:
-        result = PointResult(point=point, status=FAILED, device=device_name(measurer.device),
-                             clock=clock_name(measurer.device), reason=describe(exc))
-    return result, broken_after(result, measurer.device)
+        result = PointResult(point=point, status=FAILED, device=device_name(runner.device),
+                             clock=clock_name(runner.device), reason=describe(exc))
+    return result, broken_after(result, runner.device)
 
 
 def _worker(conn, setup: WorkerSetup) -> None:
@@ -137,13 +136,13 @@ def _worker(conn, setup: WorkerSetup) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the sweep and kills this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     device = torch.device(setup.device)
-    measurer = worker_measurer(device, setup.vllm_ops_library, setup.vllm_module, setup.registry, setup.ceiling)
-    conn.send(("ready", measurer.ceiling, device_name(device), clock_name(device)))
+    runner = device_runner(device, setup.vllm_ops_library, setup.vllm_module, setup.registry, setup.ceiling)
+    conn.send(("ready", runner.ceiling, device_name(device), clock_name(device)))
     while True:
         job = conn.recv()
         if job is None:
             return
-        result, broken = measure_and_judge(measurer, *job)
+        result, broken = run_and_judge(runner, *job)
         conn.send(("result", result, broken))
         if broken is not None:
             return
@@ -167,8 +166,8 @@ class Recovery:
 
 
 @dataclass
-class IsolatedMeasurer:
-    """``sweep.Measurer``'s ``run`` in replaceable worker processes (see the module docstring)."""
+class IsolatedRunner:
+    """``runpoint.DeviceRunner``'s ``run`` in replaceable worker processes (see the module docstring)."""
 
     setup: WorkerSetup
     point_timeout_s: float | None = None  # None: ``watchdog_s``'s default, which scales with T
@@ -179,6 +178,12 @@ class IsolatedMeasurer:
         self._process = self._conn = None
         self.ceiling = self.setup.ceiling
         self.device_name = self.clock = ""
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device(self.setup.device)
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
@@ -246,7 +251,7 @@ class IsolatedMeasurer:
                 pass
         self._stop(kill=False)
 
-    def __enter__(self) -> "IsolatedMeasurer":
+    def __enter__(self) -> "IsolatedRunner":
         self._start()  # the ceiling is known from here on
         return self
 
@@ -255,26 +260,3 @@ class IsolatedMeasurer:
             self.close()
         else:  # interrupted, terminated or failed: the worker may be mid-point; do not wait for it
             self._stop(kill=True)
-
-
-@contextmanager
-def measurer_for(device, registry: dict, *, isolate: bool | None, point_timeout_s: float | None = None,
-                 vllm_ops_library: str | None = None, vllm_module: str | None = None,
-                 registry_factory: Callable[..., dict] | None = None) -> Iterator:
-    """The measurer a local sweep uses: isolated (default on CUDA devices, and whenever a watchdog
-    is asked for) in worker processes that build their implementations from ``vllm_ops_library``,
-    ``vllm_module`` (``registry_factory`` instead of ``impls.implementations`` where given), or
-    ``sweep.Measurer`` over ``registry`` in this process."""
-    from .sweep import Measurer
-
-    if isolate is None:
-        isolate = device.type == "cuda" or point_timeout_s is not None
-    elif not isolate and point_timeout_s is not None:
-        raise BadInput("a point timeout needs the worker process to kill: drop --no-isolate "
-                       "(or MOEBENCH_ISOLATE=off)")
-    if not isolate:
-        yield Measurer(device, registry)
-        return
-    setup = WorkerSetup(str(device), vllm_ops_library, vllm_module, registry=registry_factory)
-    with IsolatedMeasurer(setup, point_timeout_s) as measurer:
-        yield measurer

@@ -144,6 +144,12 @@ def _from_dict(d: dict[str, Any]) -> PointResult:
     return PointResult(**{**d, "point": Point(**d["point"]), "ops": tuple(ops)})
 
 
+def gpu_state_errors(results: Iterable[PointResult]) -> list[str]:
+    """Why NVML could not give the GPU state next to some numbers, each reason once: a run
+    without clocks and throttle flags says so instead of looking unthrottled."""
+    return sorted({o.gpu_state.error for r in results for o in r.ops if o.gpu_state and o.gpu_state.error})
+
+
 def load(path: str | Path) -> tuple[dict[str, Any], list[PointResult]]:
     """Read a results file; a missing or corrupt file is named in a BadInput."""
     p = Path(path)

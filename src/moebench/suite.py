@@ -4,15 +4,16 @@ asv starts a fresh process for every parameter combination of every ``track_*`` 
 of those imported torch and vLLM, created a CUDA context and captured its own graphs, one commit
 of one model would cost seconds x ~2600 processes. Instead the suite's one ``setup_cache`` (its
 own process, shared by every class) measures the whole grid, both L2 modes, once per commit and
-environment, through ``measure_grid``: ``sweep.run_point`` for each point on the local device (CUDA
-graphs, the correctness gate, NVML state), or a ``fanout.Pool`` across every GPU through Ray when
-there are several. The grid it returns holds only plain Python values (``Measured``), so each
+environment, through ``setup_grid``: ``grid.run_grid`` over the executor ``MOEBENCH_RAY`` and
+``MOEBENCH_ISOLATE`` choose (``executors``: this machine's GPU, or every GPU through Ray when there
+are several), ``runpoint.run_point`` for each point (CUDA graphs, the correctness gate, NVML
+state). The grid it returns holds only plain Python values (``SuitePoint``), so each
 combination's process unpickles it and looks its point up (``lookup``) without importing torch
 and without touching CUDA: asv's ``forkserver`` can fork those processes from a server that never
 initialized CUDA, which is what makes it safe.
 
 This module is imported by asv's discovery and by its fork server, so it imports nothing heavy at
-module level: torch, the implementations and Ray are imported inside ``measure_grid`` only. The
+module level: torch, the implementations and Ray are imported inside ``setup_grid`` only. The
 axes come from the torch-free ``moebench.axes``, like everyone else's.
 
 A run is configured by environment variables (read by ``SuiteConfig.from_env``); the same
@@ -37,10 +38,16 @@ variables give the same parameter lists:
                                default: the kernel directory's
     MOEBENCH_RAY               auto (default: Ray when it is installed and more than one GPU is
                                visible), off, or a Ray cluster address
+    MOEBENCH_RAY_WORKERS       Ray workers (default: one per GPU of the cluster)
     MOEBENCH_ISOLATE           auto (default: on for CUDA), on or off: measure in a worker process
                                replaced when a kernel faults, crashes or hangs (``moebench.isolate``)
     MOEBENCH_POINT_TIMEOUT     seconds one point may take before its worker is killed (default
                                60 s + 2 ms per token)
+    MOEBENCH_REGISTRY          package.module:function (or file.py:function) that builds the
+                               implementations instead of moebench's own, called as
+                               function(vllm_ops_library, vllm_module)
+                               and returning {impl name: Implementation}: a kernel under
+                               development, or a stand-in that faults (evidence/faults.py)
 """
 
 from __future__ import annotations
@@ -103,7 +110,7 @@ class OpTiming:
 
 
 @dataclass(frozen=True)
-class Measured:
+class SuitePoint:
     """One point of the grid as the benchmark processes see it: plain values only."""
 
     ops: tuple[OpTiming, ...] = ()
@@ -115,7 +122,7 @@ class Measured:
         return next(o for o in self.ops if o.op == name)
 
 
-Grid = dict[GridKey, Measured]
+Grid = dict[GridKey, SuitePoint]
 
 
 def _split(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -170,8 +177,10 @@ class SuiteConfig:
     vllm_ops_library: str | None = None
     vllm_module: str | None = None
     ray: str = "auto"  # "auto", "off" or a Ray cluster address
+    ray_workers: int | None = None  # None: one per GPU of the cluster
     isolate: bool | None = None  # None: on for CUDA devices
     point_timeout_s: float | None = None  # None: isolate.watchdog_s's default
+    registry: str | None = None  # "package.module:function" building the implementations
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "SuiteConfig":
@@ -195,9 +204,12 @@ class SuiteConfig:
             vllm_module=env.get("MOEBENCH_VLLM_MODULE", "").strip()
             or (str(kernels.module_path) if kernels and kernels.module else None),
             ray=env.get("MOEBENCH_RAY", "").strip() or "auto",
+            ray_workers=_positive("MOEBENCH_RAY_WORKERS", workers) if (workers := env.get(
+                "MOEBENCH_RAY_WORKERS", "").strip()) else None,
             isolate=ISOLATE[_one_of(env, "MOEBENCH_ISOLATE", tuple(ISOLATE))],
             point_timeout_s=_seconds("MOEBENCH_POINT_TIMEOUT", timeout) if (timeout := env.get(
                 "MOEBENCH_POINT_TIMEOUT", "").strip()) else None,
+            registry=env.get("MOEBENCH_REGISTRY", "").strip() or None,
         )
 
     @property
@@ -206,7 +218,7 @@ class SuiteConfig:
         return [list(self.models), list(self.dtype_modes), list(self.impls), list(self.batch_sizes)]
 
 
-def lookup(grid: Grid, l2: str, model: str, dtype: str, impl: str, tokens: int) -> Measured:
+def lookup(grid: Grid, l2: str, model: str, dtype: str, impl: str, tokens: int) -> SuitePoint:
     """The point of one asv combination; ``NotImplementedError`` (asv: skipped, NaN) where it
     cannot run here, ``PointFailed`` where it ran without a trustworthy number."""
     name = f"{model}/{dtype}/{impl}/T{tokens}/L2 {l2}"
@@ -222,29 +234,61 @@ def lookup(grid: Grid, l2: str, model: str, dtype: str, impl: str, tokens: int) 
     return m
 
 
-def _use_ray(cfg: SuiteConfig) -> bool:
+def _ray_placement(cfg: SuiteConfig) -> str | None:
+    """``Placement.ray`` for ``MOEBENCH_RAY``: auto is a Ray cluster started here when Ray is
+    installed and more than one GPU is visible, this machine's device otherwise."""
+    from .executors import LOCAL_RAY
+
     if cfg.ray == "off":
-        return False
+        return None
     if cfg.ray != "auto":
-        return True
+        return cfg.ray
     import importlib.util
 
     import torch
 
-    return importlib.util.find_spec("ray") is not None and torch.cuda.device_count() > 1
+    return LOCAL_RAY if importlib.util.find_spec("ray") is not None and torch.cuda.device_count() > 1 else None
 
 
-def measure_grid(cfg: SuiteConfig, registry_factory=None) -> Grid:
+def registry_factory(spec: str | None):
+    """The callable ``MOEBENCH_REGISTRY`` names, or None: ``package.module:function``, or
+    ``path/to/file.py:function`` (asv starts benchmarks without ``PYTHONPATH``, so a module outside
+    the environment is named by its file; its folder joins ``sys.path``, which worker processes
+    inherit)."""
+    if not spec:
+        return None
+    import importlib
+    import sys
+    from pathlib import Path
+
+    module, sep, name = spec.rpartition(":")
+    if module.endswith(".py"):
+        path = Path(module).expanduser().resolve()
+        if not path.is_file():
+            raise BadInput(f"MOEBENCH_REGISTRY={spec}: no file {path}")
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        module = path.stem
+    try:
+        found = getattr(importlib.import_module(module), name) if sep and module and name else None
+    except (ImportError, AttributeError) as exc:
+        raise BadInput(f"MOEBENCH_REGISTRY={spec}: {exc}") from None
+    if not callable(found):
+        raise BadInput(f"MOEBENCH_REGISTRY={spec}: expected package.module:function or file.py:function, "
+                       "naming a callable")
+    return found
+
+
+def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     """Measure every combination of ``cfg``, each selected L2 mode: the suite's ``setup_cache``.
-    ``registry_factory`` builds the implementations instead of ``impls.implementations`` (tests
-    and evidence tools with implementations of their own)."""
-    import torch
-
+    ``registry`` builds the implementations instead of ``impls.implementations`` (default: the
+    callable ``MOEBENCH_REGISTRY`` names, if any)."""
+    from .executors import Placement, open_executor
+    from .grid import SweepSpec, run_grid, validate_row_bytes
     from .impls.vllm import check_library_path
     from .kernelwheel import installed
     from .models import resolve
-    from .results import FAILED, SKIPPED
-    from .sweep import SweepSpec, validate_row_bytes
+    from .results import FAILED, SKIPPED, gpu_state_errors
     from .timing import TimerConfig, default_calls_per_graph
 
     if cfg.vllm_ops_library:
@@ -253,7 +297,7 @@ def measure_grid(cfg: SuiteConfig, registry_factory=None) -> Grid:
         print(f"moebench: kernel-library mode: vLLM {kernels.version} (commit {kernels.commit or 'unknown'}, "
               f"{kernels.library}, sha256 {kernels.library_sha256[:16]})", flush=True)
     started = time.perf_counter()
-    left_out = Measured(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
+    left_out = SuitePoint(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
     grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
                   for rest in itertools.product(cfg.models, cfg.dtype_modes, cfg.impls, cfg.batch_sizes)}
     keyed = []  # (GridKey, Point) in measuring order
@@ -265,47 +309,37 @@ def measure_grid(cfg: SuiteConfig, registry_factory=None) -> Grid:
                 validate_row_bytes(shape, [mode])
                 modes.append(mode)
             except BadInput as exc:
-                grid.update({(l2, model, mode, i, t): Measured(skipped=str(exc))
+                grid.update({(l2, model, mode, i, t): SuitePoint(skipped=str(exc))
                              for l2 in cfg.l2_modes for i in cfg.impls for t in cfg.batch_sizes})
         for l2 in cfg.l2_modes:
             spec = SweepSpec(shape=shape, dtype_modes=tuple(modes), impls=cfg.impls,
                              batch_sizes=cfg.batch_sizes, l2=l2)
             keyed += [((l2, model, p.dtype_mode, p.impl, p.num_tokens), p) for p in spec.points()]
 
-    def timer(device: torch.device, l2: str) -> TimerConfig:
-        calls = cfg.calls_per_graph or default_calls_per_graph(device, l2)
-        return TimerConfig(calls_per_graph=calls, replays=cfg.replays, rounds=cfg.rounds, l2=l2)
-
-    points = [p for _, p in keyed]
-    ray = _use_ray(cfg)
-    if ray:
-        from .fanout import Pool
-
-        # One pool for both L2 modes: Ray and its workers start once.
-        with Pool(vllm_ops_library=cfg.vllm_ops_library, vllm_module=cfg.vllm_module,
-                  point_timeout_s=cfg.point_timeout_s, registry=registry_factory,
-                  address=None if cfg.ray == "auto" else cfg.ray) as pool:
-            device = torch.device(pool.cluster.device_type)
-            results = [r for l2 in cfg.l2_modes
-                       for r in pool.measure([p for p in points if p.l2 == l2], timer(device, l2))]
-    else:
-        from .impls import implementations
-        from .isolate import measurer_for
-
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        registry = (registry_factory or implementations)(cfg.vllm_ops_library, cfg.vllm_module)
-        with measurer_for(device, registry, isolate=cfg.isolate, point_timeout_s=cfg.point_timeout_s,
+    ray = _ray_placement(cfg)
+    # Ray workers are processes of their own, replaced after a fault: MOEBENCH_ISOLATE is for this machine.
+    placement = Placement(ray=ray, workers=cfg.ray_workers if ray else None, isolate=None if ray else cfg.isolate, point_timeout_s=cfg.point_timeout_s,
                           vllm_ops_library=cfg.vllm_ops_library, vllm_module=cfg.vllm_module,
-                          registry_factory=registry_factory) as measurer:
-            results = [measurer.run(p, timer(device, p.l2)) for p in points]
-            for r in getattr(measurer, "recoveries", ()):
-                print(f"moebench: {r.point} left its worker unusable ({r.reason}); a fresh one took "
-                      f"{r.seconds:.1f} s to start", flush=True)
+                          registry=registry or registry_factory(cfg.registry))
+    # One executor for both L2 modes: Ray and its workers (or the isolated worker) start once.
+    with open_executor(placement) as executor:
+        device, ready = executor.device, time.perf_counter()  # workers started, ceiling known
+
+        def timer(l2: str) -> TimerConfig:
+            calls = cfg.calls_per_graph or default_calls_per_graph(device, l2)
+            return TimerConfig(calls_per_graph=calls, replays=cfg.replays, rounds=cfg.rounds, l2=l2)
+
+        results = run_grid([(p, timer(p.l2)) for _, p in keyed], executor)
+        points_s = time.perf_counter() - ready
+        for r in executor.recoveries:
+            print(f"moebench: {r.point} left its worker unusable ({r.reason}); a fresh one took "
+                  f"{r.seconds:.1f} s to start", flush=True)
+        where = executor.describe()
 
     by_key = {r.point.key: r for r in results}
     for key, p in keyed:
         r = by_key[p.key]
-        grid[key] = Measured(
+        grid[key] = SuitePoint(
             ops=tuple(OpTiming(o.op, array("d", (us * 1e-6 for us in o.round_values_us)), o.floor_us * 1e-6)
                       for o in r.ops),
             skipped=r.reason if r.status == SKIPPED else None,
@@ -315,9 +349,12 @@ def measure_grid(cfg: SuiteConfig, registry_factory=None) -> Grid:
     # the other L2 class's combinations are left out, not skipped: they are not counted
     measured = sum(1 for k in grid if k[0] in cfg.l2_modes)
     skipped = sum(1 for k, m in grid.items() if m.skipped is not None and k[0] in cfg.l2_modes)
-    print(f"moebench: measured {measured} points on {device.type}{' through Ray' if ray else ''}: "
+    print(f"moebench: measured {measured} points on {where}: "
           f"{measured - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
-          f"{time.perf_counter() - started:.1f} s", flush=True)
+          f"{time.perf_counter() - started:.1f} s (executor start {ready - started:.1f} s, points {points_s:.1f} s)",
+          flush=True)
+    for why in gpu_state_errors(results):
+        print(f"moebench: GPU state (clocks, throttling) unknown: {why}", flush=True)
     for key, why in failed.items():
         print(f"moebench: failed {'/'.join(map(str, key))}: {why}", flush=True)
     reasons = Counter((key[3], m.skipped) for key, m in grid.items() if m.skipped is not None and key[0] in cfg.l2_modes)

@@ -23,7 +23,7 @@ with the collector off: docs/measurements.md, "Timing states").
 
 A measurement is one sample of its *state*: the replays of one captured graph agree to ~0.05 %,
 but two captures of the same point can differ by several percent. ``TimerConfig.rounds`` is how
-many independent measurements (fresh buffers, fresh graph) ``sweep.run_point`` takes of a point.
+many independent measurements (fresh buffers, fresh graph) ``runpoint.run_point`` takes of a point.
 
 CPU (no CUDA device): the same loop with ``time.perf_counter`` around ``calls_per_graph`` direct
 calls. Samples are labelled ``cpu`` by the caller and never mixed with GPU numbers. The CPU loop

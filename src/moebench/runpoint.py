@@ -1,6 +1,6 @@
-"""A sweep: the grid of points, and measuring one point end to end.
+"""One point, end to end: ``run_point``, and ``DeviceRunner``, a device set up to run points.
 
-``run_point`` is the unit every front end shares (CLI loop, Ray workers, asv setup): build the
+``run_point`` is the unit every front end shares (CLI, Ray workers, asv setup): build the
 seeded inputs, prepare the implementation (allocations outside timing), pass the correctness gate,
 time permute and unpermute in several independent rounds, check the outputs again after each
 round's replays, and attach bytes, floor and GPU state. Anything that goes wrong becomes a failed
@@ -10,20 +10,17 @@ point with its reason; the sweep goes on and nothing already measured is lost.
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 
-from .axes import BATCH_SIZES
 from .check import check_permute, check_unpermute
-from .errors import BadInput, describe
+from .errors import describe
 from .gpustate import GpuState, Nvml
 from .impls import Implementation
 from .impls.base import Run
-from .models import MoEShape
-from .quant import act_dtype, fp8_dtype
+from .quant import act_dtype
 from .results import FAILED, OK, OPS, SKIPPED, OpResult, Point, PointResult
 from . import roofline
 from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
@@ -31,41 +28,8 @@ from .routing import ExpertParallel, make_inputs
 from .stats import STABLE_REL_IQR, steady, summarize
 from .timing import HostStalls, NotCapturable, TimerConfig, clock_name, measure
 
-DEFAULT_BATCH_SIZES = BATCH_SIZES
 OOM_PREFIX = "out of memory"
 ATTEMPTS = 3  # measurements of one op before a disturbed point is given up as unsteady
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    shape: MoEShape
-    dtype_modes: tuple[str, ...]
-    impls: tuple[str, ...]
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    routing: str = "uniform"
-    l2: str = "warm"
-    ep: ExpertParallel = ExpertParallel()
-    seed: int = 0
-
-    def points(self) -> list[Point]:
-        """Grid order: dtype, then batch size, then implementation (tables group by size)."""
-        s = self.shape
-        return [
-            Point(model=s.model, num_experts=s.num_experts, topk=s.topk, hidden_size=s.hidden_size,
-                  act_dtype=s.dtype, dtype_mode=mode, impl=impl, num_tokens=t, routing=self.routing,
-                  l2=self.l2, ep_size=self.ep.size, ep_rank=self.ep.rank, seed=self.seed)
-            for mode in self.dtype_modes for t in self.batch_sizes for impl in self.impls
-        ]
-
-
-def validate_row_bytes(shape: MoEShape, dtype_modes: Iterable[str]) -> None:
-    """vLLM's kernels move rows in 16-byte vectors: reject shapes they cannot take."""
-    for mode in dtype_modes:
-        dt = fp8_dtype() if mode == "fp8_w8a8" and fp8_dtype() else act_dtype(shape.dtype)
-        elt = torch.empty((), dtype=dt).element_size()
-        if shape.hidden_size * elt % 16:
-            raise BadInput(f"hidden size {shape.hidden_size} x {elt}-byte {mode} elements is not a "
-                           "multiple of 16 bytes, which the permute kernels require")
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -191,58 +155,10 @@ def _bytes(point: Point, inputs, run: Run) -> dict[str, int]:
             "unpermute": unpermute_bytes(t, k, h, n_local_slots, in_elt)}
 
 
-@dataclass(frozen=True)
-class Previous:
-    """What ``--resume`` found in the results file: every result in it, and its settings."""
-
-    meta: dict
-    results: tuple[PointResult, ...] = ()
-
-    def kept(self) -> dict[str, PointResult]:
-        """Reusable results by point key; failed ones are left out so they are measured again."""
-        return {r.point.key: r for r in self.results if r.status != FAILED}
-
-    def outside(self, points: Iterable[Point]) -> list[PointResult]:
-        """Results of points this sweep does not measure: kept in the file, never dropped."""
-        keys = {p.key for p in points}
-        return [r for r in self.results if r.point.key not in keys]
-
-    def meta_for(self, meta: dict) -> dict:
-        """This run's settings, with the earlier runs' settings on record too."""
-        if not self.meta:
-            return meta
-        earlier = [*self.meta.get("earlier_runs", []), {k: v for k, v in self.meta.items() if k != "earlier_runs"}]
-        return {**meta, "earlier_runs": earlier}
-
-
-def previous_file(json_path: str | None, resume: bool, timer: TimerConfig) -> Previous:
-    """With ``resume``, the results file as it is. A file measured with other timing settings is
-    refused (BadInput): one file never mixes two kinds of sample."""
-    from .results import load
-
-    if not (resume and json_path and Path(json_path).exists()):
-        return Previous({})
-    meta, results = load(json_path)
-    theirs = meta.get("timer")
-    ours = asdict(timer)
-    if theirs is not None and {k: theirs.get(k) for k in ours} != ours:
-        diff = ", ".join(f"{k} {theirs.get(k)} there, {v} now" for k, v in ours.items() if theirs.get(k) != v)
-        raise BadInput(f"--resume: {json_path} was measured with other timing settings ({diff}); "
-                       "use the same flags or another --json file")
-    return Previous(meta, tuple(results))
-
-
-def progress_bar(console):
-    """The sweep's progress bar (stderr console), shared by the local loop and the Ray fan-out."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, console=console, transient=True)
-
-
-class Measurer:
-    """One device set up for measuring: its implementations, its bandwidth ceiling and NVML, made
-    once and used for every point (the local sweep, the asv suite without Ray, each Ray worker).
+class DeviceRunner:
+    """One device set up to run points: its implementations, its bandwidth ceiling and NVML, made
+    once and used for every point (``executors.LocalExecutor`` in this process, an isolated worker
+    process, each Ray worker).
 
     On a GPU, the first measurement of an implementation's kernels in a process lands in a state
     of its own (vLLM 0.22.1's Mixtral permute at T=1 read 5.51 µs first, 6.06 µs ever after, in
@@ -262,30 +178,3 @@ class Measurer:
             self._primed.add((point.impl, point.dtype_mode))
             run_point(point, impl, self.device, replace(timer, rounds=1), self.ceiling, self.nvml)
         return run_point(point, impl, self.device, timer, self.ceiling, self.nvml)
-
-
-def run_sweep(spec: SweepSpec, timer: TimerConfig, measurer, *, json_path: str | None = None,
-              resume: bool = False, meta: dict | None = None, console=None) -> list[PointResult]:
-    """Measure every point of ``spec`` in order with ``measurer`` (a ``Measurer``, or an
-    ``isolate.IsolatedMeasurer``), saving after each point.
-
-    With ``resume``, points already in ``json_path`` (except failed ones) are kept, not re-measured.
-    """
-    from .results import ResultsFile
-
-    previous = previous_file(json_path, resume, timer)
-    kept = previous.kept()
-    meta = previous.meta_for({**(meta or {}), "ceiling": asdict(measurer.ceiling)})
-    out = ResultsFile(json_path, meta, previous.outside(spec.points())) if json_path else None
-    results: list[PointResult] = []
-    points = spec.points()
-    with progress_bar(console) as progress:
-        task = progress.add_task("sweep", total=len(points))
-        for p in points:
-            progress.update(task, description=f"{p.impl} T={p.num_tokens} {p.dtype_mode}")
-            r = kept.get(p.key) or measurer.run(p, timer)
-            results.append(r)
-            if out is not None:
-                out.add(r)
-            progress.advance(task)
-    return results
