@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 DTYPE_MODES = ("auto", "fp8_w8a8", "int8_w8a16")
 STANDARD_PATH = ("reference-standard", "vllm-standard")
-CUSTOM_PATH = ("reference-custom", "vllm-custom", "vllm-custom-scratch", "vllm-ops")
+CUSTOM_PATH = ("reference-custom", "vllm-custom", "vllm-custom-scratch", "vllm-ops", "triton-sol")
 IMPLS = STANDARD_PATH + CUSTOM_PATH
 BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 OPS = ("permute", "unpermute")

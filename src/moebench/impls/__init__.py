@@ -11,6 +11,7 @@ from ..axes import CUSTOM_PATH, STANDARD_PATH
 from ..axes import IMPLS as ALL
 from .base import CUSTOM, STANDARD, Implementation
 from .reference import ReferenceCustom, ReferenceStandard
+from .triton_sol import TritonSol
 
 
 def implementations(vllm_ops_library: str | None = None, vllm_module: str | None = None) -> dict[str, Implementation]:
@@ -22,7 +23,7 @@ def implementations(vllm_ops_library: str | None = None, vllm_module: str | None
     if vllm_ops_library:
         check_library_path(vllm_ops_library)
 
-    found = [ReferenceStandard(), ReferenceCustom(), *vllm_implementations(vllm_ops_library, vllm_module)]
+    found = [ReferenceStandard(), ReferenceCustom(), TritonSol(), *vllm_implementations(vllm_ops_library, vllm_module)]
     by_name = {i.name: i for i in found}
     return {name: by_name[name] for name in ALL if name in by_name}
 
