@@ -65,7 +65,10 @@ FP8_MIN_CAPABILITY = (8, 9)
 class Tuning:
     """Launch parameters: tile sizes and warps (``evidence/triton_sol_tune.py`` sweeps them)."""
 
-    fuse_limit: int = 1 << 15  # one launch (routing inside the copy) while T*k * bins <= this; 0: never
+    # One launch (routing inside the copy) while T*k * bins <= fuse_limit and T*k <= fuse_slots (0:
+    # never): every copy program re-histograms all slots, which an H200 hides up to ~2k slots.
+    fuse_limit: int = 1 << 17
+    fuse_slots: int = 2048
     hist_chunk: int = 1024  # slot ids one fused program histograms per step
     route_slots: int = 128  # slots one routing program ranks (a rank_rows x route_slots compare)
     rank_rows: int = 16
@@ -126,7 +129,7 @@ class _TritonRun(Run):
         self._scale_arg = self.scale if self.fp8 else self._counters
         self._gather = tuning.gather if tuning.gather is not None else kern.HAS_GATHER
         # fp8 needs the whole tensor's amax before its first row: never one launch
-        self.fused = not self.fp8 and n * nb <= tuning.fuse_limit
+        self.fused = not self.fp8 and n * nb <= tuning.fuse_limit and n <= tuning.fuse_slots
         self._route, route_grid = (None, None) if self.fused else self._route_launch()
         self._scatter, scatter_grid = self._scatter_launch()
         self.permute()  # compiles; the gate reads what it wrote
