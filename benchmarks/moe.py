@@ -31,7 +31,6 @@ CONFIG = suite.SuiteConfig.from_env()
 
 
 class _Grid:
-    params = CONFIG.params
     param_names = list(suite.PARAM_NAMES)
     version = suite.RECIPE_VERSION
     l2: str
@@ -66,6 +65,7 @@ if "warm" in CONFIG.l2_modes:
         """The seed's recipe: 10 calls per CUDA graph, caches warm from the previous call."""
 
         l2 = "warm"
+        params = CONFIG.params_for(l2)
 
 
 if "cold" in CONFIG.l2_modes:
@@ -75,3 +75,4 @@ if "cold" in CONFIG.l2_modes:
         region); one call per graph, so every timed call meets a cold L2."""
 
         l2 = "cold"
+        params = CONFIG.params_for(l2)

@@ -54,7 +54,7 @@ def test_the_axes_have_one_torch_free_owner():
 def test_config_from_env():
     default = SuiteConfig.from_env({})
     assert default == SuiteConfig()
-    assert default.params == [["mistralai/Mixtral-8x7B-Instruct-v0.1"], list(suite.DTYPE_MODES),
+    assert default.params_for("warm") == default.params_for("cold") == [["mistralai/Mixtral-8x7B-Instruct-v0.1"], list(suite.DTYPE_MODES),
                               list(suite.IMPLS), list(suite.BATCH_SIZES)]
     cfg = SuiteConfig.from_env({"MOEBENCH_MODELS": "a, b", "MOEBENCH_DTYPES": "fp8_w8a8",
                                 "MOEBENCH_IMPLS": "vllm-ops,reference-custom", "MOEBENCH_BATCH_SIZES": "8,1",
@@ -79,6 +79,7 @@ def test_config_from_env():
     ("MOEBENCH_MODELS", ",", "comma-separated"),
     ("MOEBENCH_L2", "hot", "unknown hot"),
     ("MOEBENCH_RAY_WORKERS", "0", "must be > 0"),
+    ("MOEBENCH_COLD_MODELS", "deepseek-ai/DeepSeek-V3", "deepseek-ai/DeepSeek-V3 is not in MOEBENCH_MODELS"),
 ])
 def test_config_rejects(name, value, message):
     with pytest.raises(BadInput, match=f"{name}.*{message}"):
@@ -151,6 +152,21 @@ def test_setup_grid_on_cpu(tmp_path, monkeypatch):
             # one asv sample per round
             assert all(len(o.rounds_s) == 3 and min(o.rounds_s) > 0 and o.floor_s > 0 for o in m.ops)
             assert all(o.timing()["samples"] == list(o.rounds_s) for o in m.ops)
+
+
+def test_cold_l2_for_some_models_only(tmp_path):
+    """MOEBENCH_COLD_MODELS: every model warm, the named ones cold too; the ColdL2 class's model
+    axis is that list, so the others cost no asv process at all."""
+    a, b = model_dir(tmp_path, "a"), model_dir(tmp_path, "b")
+    cfg = SuiteConfig(models=(a, b), cold_models=(b,), dtype_modes=("auto",), impls=("reference-custom",),
+                      batch_sizes=(1, 3), replays=2, rounds=2, ray="off")
+    assert cfg.params_for("warm")[0] == [a, b] and cfg.params_for("cold")[0] == [b]
+    grid = suite.setup_grid(cfg)
+    assert set(grid) == ({("warm", m, "auto", "reference-custom", t) for m in (a, b) for t in (1, 3)}
+                         | {("cold", b, "auto", "reference-custom", t) for t in (1, 3)})
+    assert all(m.failed is None and [o.op for o in m.ops] == ["permute", "unpermute"] for m in grid.values())
+    with pytest.raises(PointFailed, match="not in the measured grid"):
+        suite.lookup(grid, "cold", a, "auto", "reference-custom", 1)
 
 
 def _verdicts(grid):

@@ -130,7 +130,8 @@ def test_suite_env_narrows_moebenchs_own_suite_to_one_point():
               "tokens": "256"}
     assert bisection.suite_env("moe.ColdL2.track_unpermute", params) == {
         "MOEBENCH_MODELS": "mistralai/Mixtral-8x7B-Instruct-v0.1", "MOEBENCH_DTYPES": "auto",
-        "MOEBENCH_IMPLS": "vllm-ops", "MOEBENCH_BATCH_SIZES": "256", "MOEBENCH_L2": "cold", "MOEBENCH_RAY": "off"}
+        "MOEBENCH_IMPLS": "vllm-ops", "MOEBENCH_BATCH_SIZES": "256", "MOEBENCH_L2": "cold", "MOEBENCH_COLD_MODELS": "",
+        "MOEBENCH_RAY": "off"}
     assert bisection.suite_env(BENCHMARK, {"kernel": "'x'"}) == {}
 
 

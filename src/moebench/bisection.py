@@ -174,7 +174,7 @@ def suite_env(benchmark: str, params: dict[str, str]) -> dict[str, str]:
     value = {k: str(ast.literal_eval(v)) for k, v in params.items()}
     return {"MOEBENCH_MODELS": value["model"], "MOEBENCH_DTYPES": value["dtype"],
             "MOEBENCH_IMPLS": value["impl"], "MOEBENCH_BATCH_SIZES": value["tokens"], "MOEBENCH_L2": l2,
-            "MOEBENCH_RAY": "off"}
+            "MOEBENCH_COLD_MODELS": "", "MOEBENCH_RAY": "off"}  # "": the nightly's cold-L2 list does not apply
 
 
 # ---------------------------------------------------------------- deciding

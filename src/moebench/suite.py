@@ -27,6 +27,8 @@ variables give the same parameter lists:
     MOEBENCH_BATCH_SIZES       token counts (default: the seed's 18, 1 ... 4096)
     MOEBENCH_L2                L2 modes to measure: warm,cold (default) or one of them; the
                                other class's combinations are then skipped
+    MOEBENCH_COLD_MODELS       the models measured with cold L2 too (default: all of them); the
+                               ColdL2 class's model axis is this list
     MOEBENCH_ROUNDS            independent rounds per point (default 5): each round's value is one
                                asv sample, so asv's median, CI and tests are over rounds
     MOEBENCH_REPLAYS           timed replays per round (default 20)
@@ -171,6 +173,7 @@ class SuiteConfig:
     impls: tuple[str, ...] = IMPLS
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     l2_modes: tuple[str, ...] = L2_MODES
+    cold_models: tuple[str, ...] | None = None  # None: every model is measured with cold L2 too
     rounds: int = 5
     replays: int = 20  # per round
     calls_per_graph: int | None = None  # None: the timer's default for the device and L2 mode
@@ -195,6 +198,7 @@ class SuiteConfig:
             impls=_choose(env, "MOEBENCH_IMPLS", IMPLS),
             batch_sizes=tuple(_positive("MOEBENCH_BATCH_SIZES", s) for s in sizes),
             l2_modes=_choose(env, "MOEBENCH_L2", L2_MODES),
+            cold_models=_split(env, "MOEBENCH_COLD_MODELS", ()) or None,
             rounds=_positive("MOEBENCH_ROUNDS", env.get("MOEBENCH_ROUNDS", "").strip() or str(cls.rounds)),
             replays=_positive("MOEBENCH_REPLAYS",
                               env.get("MOEBENCH_REPLAYS", "").strip() or str(cls.replays)),
@@ -212,10 +216,19 @@ class SuiteConfig:
             registry=env.get("MOEBENCH_REGISTRY", "").strip() or None,
         )
 
-    @property
-    def params(self) -> list[list]:
-        """asv ``params``, in ``PARAM_NAMES`` order."""
-        return [list(self.models), list(self.dtype_modes), list(self.impls), list(self.batch_sizes)]
+    def __post_init__(self) -> None:
+        if self.cold_models is not None and (extra := [m for m in self.cold_models if m not in self.models]):
+            raise BadInput(f"MOEBENCH_COLD_MODELS: {', '.join(extra)} is not in MOEBENCH_MODELS "
+                           f"({', '.join(self.models)})")
+
+    def models_for(self, l2: str) -> tuple[str, ...]:
+        """The models measured with ``l2``: cold L2 only for ``cold_models`` where given (cold L2
+        costs a flush per replay and one call per graph, so a nightly keeps it for a few shapes)."""
+        return self.cold_models if l2 == "cold" and self.cold_models is not None else self.models
+
+    def params_for(self, l2: str) -> list[list]:
+        """asv ``params`` of the ``l2`` class, in ``PARAM_NAMES`` order."""
+        return [list(self.models_for(l2)), list(self.dtype_modes), list(self.impls), list(self.batch_sizes)]
 
 
 def lookup(grid: Grid, l2: str, model: str, dtype: str, impl: str, tokens: int) -> SuitePoint:
@@ -299,7 +312,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     started = time.perf_counter()
     left_out = SuitePoint(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
     grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
-                  for rest in itertools.product(cfg.models, cfg.dtype_modes, cfg.impls, cfg.batch_sizes)}
+                  for rest in itertools.product(cfg.models_for(l2), cfg.dtype_modes, cfg.impls, cfg.batch_sizes)}
     keyed = []  # (GridKey, Point) in measuring order
     for model in cfg.models:
         shape = resolve(model)
@@ -309,9 +322,9 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
                 validate_row_bytes(shape, [mode])
                 modes.append(mode)
             except BadInput as exc:
-                grid.update({(l2, model, mode, i, t): SuitePoint(skipped=str(exc))
-                             for l2 in cfg.l2_modes for i in cfg.impls for t in cfg.batch_sizes})
-        for l2 in cfg.l2_modes:
+                grid.update({(l2, model, mode, i, t): SuitePoint(skipped=str(exc)) for l2 in cfg.l2_modes
+                             if model in cfg.models_for(l2) for i in cfg.impls for t in cfg.batch_sizes})
+        for l2 in (l2 for l2 in cfg.l2_modes if model in cfg.models_for(l2)):
             spec = SweepSpec(shape=shape, dtype_modes=tuple(modes), impls=cfg.impls,
                              batch_sizes=cfg.batch_sizes, l2=l2)
             keyed += [((l2, model, p.dtype_mode, p.impl, p.num_tokens), p) for p in spec.points()]
