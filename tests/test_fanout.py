@@ -231,6 +231,7 @@ def test_ray_not_installed_says_how_to_install(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--ray-workers", "2"], "--ray-workers needs --ray or --ray-address"),
     (["--ray", "--device", "cpu"], "--device does not apply with --ray"),
+    (["--ray", "--no-isolate"], "--no-isolate does not apply with --ray/--ray-address"),
     (["--ray-address", "nowhere"], "Ray address 'nowhere': expected auto, HOST:PORT"),
     (["--ray-address", "CLUSTER", "--ray-workers", "3"],
      "3 Ray workers asked for, but the cluster has no GPU and 2 CPU(s)"),
