@@ -342,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .alerts import ISSUE_LABEL, read_config, write_text
+    from .alerts import ISSUE_LABEL, emit, read_config
 
     args = parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if not args.config.is_file():
@@ -385,18 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for c, entries in adjacent.items())
     issues = [{"key": f"{b.benchmark}@{b.machine}", "title": f"Performance regression: {b.benchmark} on {b.machine}",
                "labels": [ISSUE_LABEL], "body": blocks[b.key]} for b in touched if b.status != RUNNING]
-    if args.markdown:
-        write_text(args.markdown, text)
-    else:
-        print(text)
-    if args.json:
-        out = {"bisections": [{**asdict(b), "key": b.key, "culprit": b.culprit,
-                               "culprit_subject": subject(b.culprit) if b.culprit else None}
-                              for b in touched],
-               "named_by_alerts": [{"culprit": c, "culprit_subject": subject(c), "entries": entries}
-                                   for c, entries in adjacent.items()],
-               "issues": issues, "commits_measured": args.max_commits - budget}
-        write_text(args.json, json.dumps(out, indent=2) + "\n")
+    out = {"bisections": [{**asdict(b), "key": b.key, "culprit": b.culprit,
+                           "culprit_subject": subject(b.culprit) if b.culprit else None}
+                          for b in touched],
+           "named_by_alerts": [{"culprit": c, "culprit_subject": subject(c), "entries": entries}
+                               for c, entries in adjacent.items()],
+           "issues": issues, "commits_measured": args.max_commits - budget}
+    emit(text, args.markdown, out, args.json)
     return 0
 
 

@@ -43,7 +43,7 @@ per benchmark and machine for the workflow that files issues. Exit 1 when there 
 0 when none, 2 on bad input (a missing or corrupt results file is named, never skipped).
 """
 
-from .cli import main, read_config, write_text
+from .cli import emit, main, read_config, write_text
 from .detect import (DASHBOARD_ENV, DEFAULT_ALPHA, DEFAULT_THRESHOLD, DEFAULT_WINDOW, FASTER, ISSUE_LABEL, LOOKBACK,
                      SLOWER, Change, Html, Interval, compare, detect, order_key, ordered, t_test_greater, threshold_for)
 from .report import (Finding, Links, Report, analyse, as_json, asv_steps, finding_markdown, graph_url, interval_text,
@@ -51,5 +51,5 @@ from .report import (Finding, Links, Report, analyse, as_json, asv_steps, findin
 
 __all__ = ["DASHBOARD_ENV", "DEFAULT_ALPHA", "DEFAULT_THRESHOLD", "DEFAULT_WINDOW", "FASTER", "ISSUE_LABEL", "LOOKBACK",
            "SLOWER", "Change", "Finding", "Html", "Interval", "Links", "Report", "analyse", "as_json", "asv_steps",
-           "compare", "detect", "finding_markdown", "graph_url", "interval_text", "issues", "main", "markdown",
+           "compare", "detect", "emit", "finding_markdown", "graph_url", "interval_text", "issues", "main", "markdown",
            "order_key", "ordered", "read_config", "t_test_greater", "threshold_for", "write_text"]

@@ -144,13 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                      overrides=overrides, alpha=args.alpha, window=args.window)
     links = Links(commit_url, args.dashboard_url)
     text = markdown(report, links)
-    if args.markdown:
-        write_text(args.markdown, text)
+    emit(text, args.markdown, as_json(report, links) if args.json else None, args.json)
+    return 1 if report.regressions else 0
+
+
+def emit(text: str, markdown_path: Path | None, payload: dict | None, json_path: Path | None) -> None:
+    """A report as the nightly's steps read it: markdown to ``markdown_path`` (else stdout), and
+    ``payload`` as JSON to ``json_path`` where given."""
+    if markdown_path:
+        write_text(markdown_path, text)
     else:
         print(text)
-    if args.json:
-        write_text(args.json, json.dumps(as_json(report, links), indent=2) + "\n")
-    return 1 if report.regressions else 0
+    if json_path and payload is not None:
+        write_text(json_path, json.dumps(payload, indent=2) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
