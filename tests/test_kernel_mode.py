@@ -71,7 +71,10 @@ def history(tmp_path_factory):
            "MOEBENCH_KERNEL_LEDGER": str(root / "ledger.jsonl"),
            "MOEBENCH_MODELS": "Qwen/Qwen3-30B-A3B", "MOEBENCH_DTYPES": "auto",
            "MOEBENCH_IMPLS": "vllm-ops,vllm-custom", "MOEBENCH_BATCH_SIZES": "1,4", "MOEBENCH_L2": "warm",
-           "MOEBENCH_ROUNDS": "3", "MOEBENCH_REPLAYS": "5", "MOEBENCH_RAY": "off", "PYTHONPATH": ""}
+           "MOEBENCH_ROUNDS": "3", "MOEBENCH_REPLAYS": "5", "MOEBENCH_RAY": "off", "PYTHONPATH": "",
+           # one torch thread: on a CPU shared with the other test worker, torch's thread pool
+           # waiting at its barriers once turned a 0.2 ms unpermute into 36 ms
+           "OMP_NUM_THREADS": "1"}
     env.pop("MOEBENCH_VLLM_INSTALL", None)  # the default mode is under test
     assert asvlocal.asv(["machine", "--yes", "--machine", ASV_MACHINE], conf, env).returncode == 0
     (root / "hashes.txt").write_text("\n".join(shas) + "\n")
