@@ -199,7 +199,7 @@ def test_resume_with_other_sizes_keeps_every_earlier_point(tmp_path):
 
 
 def test_results_files_keep_their_mode_and_leave_no_temp_file(tmp_path):
-    from moebench.results import atomic_write
+    from moebench.files import atomic_write
 
     f = tmp_path / "r.json"
     f.write_text("{}")

@@ -249,7 +249,7 @@ def load_state(path: Path) -> dict[str, Bisection]:
 
 
 def save_state(path: Path, state: dict[str, Bisection]) -> None:
-    from .results import atomic_write
+    from .files import atomic_write
 
     payload = {"version": STATE_VERSION, "bisections": {k: asdict(b) for k, b in state.items()}}
     atomic_write(path, lambda f: json.dump(payload, f, indent=1))

@@ -36,6 +36,7 @@ from typing import Mapping, Sequence
 
 from . import asvlocal
 from .errors import BadInput
+from .files import atomic_write
 from .kernelwheel import KernelDir, extract, probe
 
 DEFAULT_HISTORY = asvlocal.REPO_ROOT / "docs" / "releases"
@@ -76,9 +77,7 @@ class History:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.releases.sort(key=lambda r: _version_key(r["version"]))
         text = json.dumps({"releases": self.releases}, indent=1) + "\n"
-        tmp = self.folder / f".{MANIFEST}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.folder / MANIFEST)
+        atomic_write(self.folder / MANIFEST, lambda f: f.write(text))
 
     def add(self, kdir: KernelDir) -> dict:
         entry = {k: v for k, v in asdict(kdir).items() if k != "path"}

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Sequence
+from typing import IO, Any, Iterable, Sequence
 
 from .axes import OPS
 from .errors import BadInput
+from .files import atomic_write
 from .gpustate import GpuState
 from .stats import Rounds, interquartile_mean, summarize
 
@@ -179,28 +178,6 @@ class ResultsFile:
     def write(self) -> None:
         payload = {"schema": SCHEMA, "meta": self.meta, "results": [asdict(r) for r in self.results]}
         atomic_write(self.path, lambda f: json.dump(payload, f, indent=1))
-
-
-def atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | None = None) -> None:
-    """Write through a temp file in the same folder and rename it over ``path``: a reader (or a
-    killed writer) never sees half a file, and an interrupted write leaves no temp file behind.
-    The file keeps the mode of the one it replaces, else the umask's (mkstemp's own is 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", newline=newline) as f:
-            fill(f)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 CSV_COLUMNS = [f.name for f in fields(Point)] + [

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from .files import atomic_write
 from .timing import TimerConfig, measure
 
 COPY_BYTES = 1 << 30  # large enough to defeat any cache (H200 L2 is 60 MiB)
@@ -130,15 +130,11 @@ def ceiling(device: torch.device, refresh: bool = False) -> Ceiling:
         return Ceiling(**cache[key])
     c = measure_ceiling(device)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:  # another process may have written meanwhile: keep its entries
             cache = {**json.loads(path.read_text()), key: asdict(c)}
         except (OSError, ValueError):
             cache[key] = asdict(c)
-        fd, tmp = tempfile.mkstemp(prefix=".ceilings.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: json.dump(cache, f, indent=1))
     except OSError:
         pass  # a read-only home only costs a re-measure next time
     return c

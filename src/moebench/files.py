@@ -1,0 +1,32 @@
+"""Writing a file so that no reader, and no interrupted writer, ever leaves half of it: results,
+the ceiling cache, the release manifest and bisection state all go through ``atomic_write``.
+Torch-free, so the commands that only write files import nothing heavy."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Callable
+
+
+def atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | None = None) -> None:
+    """Write through a temp file in the same folder and rename it over ``path``: a reader (or a
+    killed writer) never sees half a file, and an interrupted write leaves no temp file behind.
+    The file keeps the mode of the one it replaces, else the umask's (mkstemp's own is 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", newline=newline) as f:
+            fill(f)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
