@@ -226,7 +226,7 @@ def cmd_sweep(argv: Sequence[str]) -> int:
                 "timer": asdict(timer), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         results = run_grid(spec.jobs(timer), executor, json_path=args.json, resume=args.resume, meta=meta,
                            console=err)
-        if recoveries := getattr(executor, "recoveries", None):
+        if recoveries := executor.recoveries:
             err.print(f"[yellow]note:[/yellow] {len(recoveries)} point(s) left their worker unusable; "
                       "the sweep went on in a fresh process each time")
     from .report import plot, print_report

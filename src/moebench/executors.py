@@ -121,8 +121,6 @@ def open_executor(placement: Placement, console=None) -> Iterator[Executor]:
         with IsolatedRunner(setup, placement.point_timeout_s) as runner:
             yield LocalExecutor(runner)
         return
-    from .impls import implementations
-    from .runpoint import DeviceRunner
+    from .isolate import device_runner
 
-    registry = (placement.registry or implementations)(placement.vllm_ops_library, placement.vllm_module)
-    yield LocalExecutor(DeviceRunner(device, registry))
+    yield LocalExecutor(device_runner(device, placement.vllm_ops_library, placement.vllm_module, placement.registry))

@@ -114,6 +114,7 @@ class Executor(Protocol):
     """Where jobs run (``moebench.executors``)."""
 
     device: torch.device  # its type decides the timer's defaults (calls per graph, clock)
+    recoveries: list  # isolate.Recovery: workers replaced after a fault, a crash or a hang
 
     def run(self, jobs: Sequence[Job], on_result: Callable[[int, PointResult], None],
             on_start: Callable[[int], None] | None = None) -> None:

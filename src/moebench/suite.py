@@ -331,10 +331,11 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
 
     ray = _ray_placement(cfg)
     # Ray workers are processes of their own, replaced after a fault: MOEBENCH_ISOLATE is for this machine.
-    placement = Placement(ray=ray, workers=cfg.ray_workers if ray else None, isolate=None if ray else cfg.isolate, point_timeout_s=cfg.point_timeout_s,
-                          vllm_ops_library=cfg.vllm_ops_library, vllm_module=cfg.vllm_module,
-                          registry=registry or registry_factory(cfg.registry))
+    placement = Placement(ray=ray, workers=cfg.ray_workers if ray else None, isolate=None if ray else cfg.isolate,
+                          point_timeout_s=cfg.point_timeout_s, vllm_ops_library=cfg.vllm_ops_library,
+                          vllm_module=cfg.vllm_module, registry=registry or registry_factory(cfg.registry))
     # One executor for both L2 modes: Ray and its workers (or the isolated worker) start once.
+    opened = time.perf_counter()
     with open_executor(placement) as executor:
         device, ready = executor.device, time.perf_counter()  # workers started, ceiling known
 
@@ -349,9 +350,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
                   f"{r.seconds:.1f} s to start", flush=True)
         where = executor.describe()
 
-    by_key = {r.point.key: r for r in results}
-    for key, p in keyed:
-        r = by_key[p.key]
+    for (key, _), r in zip(keyed, results):  # run_grid returns results in the order of its jobs
         grid[key] = SuitePoint(
             ops=tuple(OpTiming(o.op, array("d", (us * 1e-6 for us in o.round_values_us)), o.floor_us * 1e-6)
                       for o in r.ops),
@@ -364,7 +363,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     skipped = sum(1 for k, m in grid.items() if m.skipped is not None and k[0] in cfg.l2_modes)
     print(f"moebench: measured {measured} points on {where}: "
           f"{measured - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
-          f"{time.perf_counter() - started:.1f} s (executor start {ready - started:.1f} s, points {points_s:.1f} s)",
+          f"{time.perf_counter() - started:.1f} s (executor start {ready - opened:.1f} s, points {points_s:.1f} s)",
           flush=True)
     for why in gpu_state_errors(results):
         print(f"moebench: GPU state (clocks, throttling) unknown: {why}", flush=True)

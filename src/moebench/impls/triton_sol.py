@@ -121,7 +121,9 @@ class _TritonRun(Run):
         self.m_indices = torch.empty(self.rows, dtype=torch.int32, device=dev) if self.align else None
         # zero between calls: the kernels reset what they raise (triton_kernels' docstring)
         self._counters = torch.zeros(4 + nb, dtype=torch.int32, device=dev)
-        self._scratch = torch.empty(n + 2 * nb, dtype=torch.int32, device=dev)
+        self._scratch = s = torch.empty(n + 2 * nb, dtype=torch.int32, device=dev)
+        # views of it: each slot's packed (offset in its expert, expert); segment starts; counts
+        self._packed, self._start, self._count = s[:n], s[n:n + nb], s[n + nb:]
         self.out = torch.empty_like(hidden)
         self._ids, self._weights = inputs.topk_ids.contiguous(), inputs.topk_weights.contiguous()
         # any pointer will do where the kernel never reads one
@@ -130,12 +132,11 @@ class _TritonRun(Run):
         self._gather = tuning.gather if tuning.gather is not None else kern.HAS_GATHER
         # fp8 needs the whole tensor's amax before its first row: never one launch
         self.fused = not self.fp8 and n * nb <= tuning.fuse_limit and n <= tuning.fuse_slots
-        self._route, route_grid = (None, None) if self.fused else self._route_launch()
-        self._scatter, scatter_grid = self._scatter_launch()
+        self._route = None if self.fused else self._route_launch()
+        self._scatter = self._scatter_launch()
         self.permute()  # compiles; the gate reads what it wrote
         self._rows_in = gemm_output_standin(self.layout(), hidden.dtype)
-        self._unpermute, unpermute_grid = self._unpermute_launch()
-        self.grids = {"route": route_grid, "scatter": scatter_grid, "unpermute": unpermute_grid}
+        self._unpermute = self._unpermute_launch()
 
     def _route_launch(self):
         inp, tu, nb = self.inputs, self.tuning, self.nb
@@ -146,14 +147,13 @@ class _TritonRun(Run):
         amax_block = min(tu.amax_block, _pow2(t * h))
         amax_iters = max(1, min(tu.amax_iters, _cdiv(t * h, amax_block)))
         n_amax = _cdiv(t * h, amax_block * amax_iters) if self.fp8 else 0
-        grid = (n_route + n_amax,)
-        s = self._scratch
         return functools.partial(
-            self.kern.route_kernel[grid], self._ids, self._emap, self._counters, s[:n], s[n:n + nb], s[n + nb:],
-            self.efto, inp.hidden, self._scale_arg, n, inp.n_local_experts, n_route, t * h, n_amax,
+            self.kern.route_kernel[(n_route + n_amax,)], self._ids, self._emap, self._counters, self._packed,
+            self._start, self._count, self.efto, inp.hidden, self._scale_arg, n, inp.n_local_experts, n_route,
+            t * h, n_amax,
             HAS_EMAP=inp.expert_map is not None, ALIGN=self.align or 1, NB=nb, LOG_NB=nb.bit_length() - 1, BS=bs,
             SUB=min(tu.rank_rows, bs), GATHER=self._gather, FP8=self.fp8, AMAX_BLOCK=amax_block,
-            AMAX_ITERS=amax_iters, num_warps=tu.route_warps), grid
+            AMAX_ITERS=amax_iters, num_warps=tu.route_warps)
 
     def _scatter_launch(self):
         inp, tu, nb = self.inputs, self.tuning, self.nb
@@ -168,15 +168,15 @@ class _TritonRun(Run):
         tok = min(tu.copy_tokens, _pow2(t))
         grid = (max(_cdiv(t, tok), n_fill), _cdiv(h, bh))
         dst = self.permuted.view(torch.uint8) if self.fp8 else self.permuted
-        idx, s = self.permuted_idx, self._scratch
+        idx = self.permuted_idx
         return functools.partial(
-            self.kern.scatter_kernel[grid], inp.hidden, self._ids, self._emap, s[:n], s[n:n + nb], s[n + nb:], dst,
-            self._scale_arg, self.inv, idx, idx if self.m_indices is None else self.m_indices, self.efto,
+            self.kern.scatter_kernel[grid], inp.hidden, self._ids, self._emap, self._packed, self._start,
+            self._count, dst, self._scale_arg, self.inv, idx, idx if self.m_indices is None else self.m_indices, self.efto,
             t, h, n, n_local, self.rows,
             K=k, TOK=tok, BH=bh, NB=nb, LOG_NB=nb.bit_length() - 1, ROUTE=self.fused,
             HAS_EMAP=inp.expert_map is not None, SP=_pow2(tok * k), HB=min(tu.hist_chunk, _pow2(n)),
             GATHER=self._gather, FP8=self.fp8, SOFT_FP8=self.kern.INTERPRETED, HAS_M=self.m_indices is not None,
-            ALIGN=self.align or 1, FILL=fill, EG=eg, RC=rc, num_warps=tu.copy_warps), grid
+            ALIGN=self.align or 1, FILL=fill, EG=eg, RC=rc, num_warps=tu.copy_warps)
 
     def _unpermute_launch(self):
         inp, tu = self.inputs, self.tuning
@@ -186,7 +186,7 @@ class _TritonRun(Run):
         grid = (_cdiv(t, tok), _cdiv(h, bh))
         return functools.partial(
             self.kern.unpermute_kernel[grid], self._rows_in, self.inv, self._weights, self.out, t, h,
-            K=inp.topk, TOK=tok, BH=bh, num_warps=tu.unpermute_warps), grid
+            K=inp.topk, TOK=tok, BH=bh, num_warps=tu.unpermute_warps)
 
     def permute(self) -> None:
         if self._route is not None:
