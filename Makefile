@@ -42,9 +42,12 @@ $(BIN)/.installed-asv: $(BIN)/.installed-run
 
 # The asv suite in this environment, offline (no GPU, no GitHub): a local stand-in project
 # repository stands for vLLM; results under .asv/local/, the dashboard in html/. MOEBENCH_*
-# variables choose the grid (moebench/suite.py). A CPU needs ~3 s per point, so unless
-# MOEBENCH_BATCH_SIZES is set, 5 of the 18 batch sizes (set it empty for all 18).
+# variables choose the grid (moebench/suite.py). The suite's defaults are the nightly's GPU grid;
+# unless set, this measures what a CPU can (one model, the torch references beside vLLM's kernels
+# and triton-sol, n/a here) at 5 of the 18 batch sizes: a CPU needs ~3 s per point.
 dashboard: $(BIN)/.installed-asv
+	MOEBENCH_MODELS=$${MOEBENCH_MODELS-mistralai/Mixtral-8x7B-Instruct-v0.1} \
+	MOEBENCH_IMPLS=$${MOEBENCH_IMPLS-reference-standard,reference-custom,vllm-ops,triton-sol} \
 	MOEBENCH_BATCH_SIZES=$${MOEBENCH_BATCH_SIZES-1,16,256,1024,4096} $(BIN)/python -m moebench.asvlocal
 
 # The release history's dashboard (docs/releases/html), rebuilt offline from the committed

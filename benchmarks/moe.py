@@ -36,7 +36,7 @@ class _Grid:
     l2: str
 
     def setup_cache(self):
-        return suite.setup_grid(CONFIG)
+        return suite.PackedGrid(suite.setup_grid(CONFIG))
 
     def setup(self, grid, model, dtype, impl, tokens):
         self.point = suite.lookup(grid, self.l2, model, dtype, impl, tokens)

@@ -52,10 +52,20 @@ def test_the_axes_have_one_torch_free_owner():
 
 
 def test_config_from_env():
+    """The defaults are the nightly's grid: every shipped model, auto and fp8_w8a8, vLLM's kernels
+    and triton-sol, 18 sizes; cold L2 for Mixtral and DeepSeek-V3 only."""
+    from moebench.models import shipped_models
+
     default = SuiteConfig.from_env({})
     assert default == SuiteConfig()
-    assert default.params_for("warm") == default.params_for("cold") == [["mistralai/Mixtral-8x7B-Instruct-v0.1"], list(suite.DTYPE_MODES),
-                              list(suite.IMPLS), list(suite.BATCH_SIZES)]
+    rest = [["auto", "fp8_w8a8"], ["vllm-ops", "triton-sol"], list(suite.BATCH_SIZES)]
+    assert len(shipped_models()) == 9 and default.params_for("warm") == [shipped_models(), *rest]
+    assert default.params_for("cold") == [["deepseek-ai/DeepSeek-V3", "mistralai/Mixtral-8x7B-Instruct-v0.1"], *rest]
+    # cold L2: those two where they are measured, else every model; "all" for every model
+    only_qwen = SuiteConfig.from_env({"MOEBENCH_MODELS": "Qwen/Qwen3-30B-A3B,mistralai/Mixtral-8x7B-Instruct-v0.1"})
+    assert only_qwen.models_for("cold") == ("mistralai/Mixtral-8x7B-Instruct-v0.1",)
+    assert SuiteConfig.from_env({"MOEBENCH_MODELS": "a,b"}).models_for("cold") == ("a", "b")
+    assert SuiteConfig.from_env({"MOEBENCH_COLD_MODELS": "all"}).models_for("cold") == tuple(shipped_models())
     cfg = SuiteConfig.from_env({"MOEBENCH_MODELS": "a, b", "MOEBENCH_DTYPES": "fp8_w8a8",
                                 "MOEBENCH_IMPLS": "vllm-ops,reference-custom", "MOEBENCH_BATCH_SIZES": "8,1",
                                 "MOEBENCH_L2": "cold", "MOEBENCH_REPLAYS": "7", "MOEBENCH_ROUNDS": "4",
@@ -79,7 +89,7 @@ def test_config_from_env():
     ("MOEBENCH_MODELS", ",", "comma-separated"),
     ("MOEBENCH_L2", "hot", "unknown hot"),
     ("MOEBENCH_RAY_WORKERS", "0", "must be > 0"),
-    ("MOEBENCH_COLD_MODELS", "deepseek-ai/DeepSeek-V3", "deepseek-ai/DeepSeek-V3 is not in MOEBENCH_MODELS"),
+    ("MOEBENCH_COLD_MODELS", "org/elsewhere", "org/elsewhere is not in MOEBENCH_MODELS"),
 ])
 def test_config_rejects(name, value, message):
     with pytest.raises(BadInput, match=f"{name}.*{message}"):
@@ -112,6 +122,26 @@ def test_lookup_and_track_values():
         suite.lookup(grid, "warm", "m", "auto", "reference-standard", 1)
     with pytest.raises(PointFailed, match="not in the measured grid"):
         suite.lookup(grid, "cold", "m", "auto", "reference-custom", 1)
+
+
+def test_the_packed_grid_reads_like_the_grid_after_pickling():
+    """setup_cache returns the grid packed: every point comes back from asv's pickle the same, and
+    nothing is decoded until a combination looks its own point up."""
+    import pickle
+
+    grid = {("warm", f"m{i}", "auto", impl, t): SuitePoint(
+        ops=(OpTiming("permute", array("d", [t * 1e-6, i * 1e-6]), 1e-6),), device=f"gpu {i}")
+        for i in range(3) for impl in ("vllm-ops", "triton-sol") for t in (1, 4096)}
+    grid[("cold", "m0", "auto", "vllm-ops", 1)] = SuitePoint(skipped="no library")
+    back = pickle.loads(pickle.dumps(suite.PackedGrid(grid)))
+    assert back._points is None
+    assert all(back[key] == point for key, point in grid.items())
+    assert suite.lookup(back, "warm", "m2", "auto", "triton-sol", 4096).op("permute").timing() == {
+        "samples": [4096e-6, 2e-6], "number": 1}
+    with pytest.raises(NotImplementedError, match="no library"):
+        suite.lookup(back, "cold", "m0", "auto", "vllm-ops", 1)
+    with pytest.raises(PointFailed, match="not in the measured grid"):
+        suite.lookup(back, "cold", "m1", "auto", "vllm-ops", 1)
 
 
 def test_setup_grid_on_cpu(tmp_path, monkeypatch):
@@ -241,7 +271,7 @@ def test_asv_run_three_commits_and_publish(tmp_path):
 
     tiny = model_dir(tmp_path, "tiny")
     env = {**_asv_env(tmp_path / "home"), "MOEBENCH_MODELS": tiny, "MOEBENCH_DTYPES": "auto,fp8_w8a8",
-           "MOEBENCH_BATCH_SIZES": "1,8", "MOEBENCH_REPLAYS": "2", "MOEBENCH_ROUNDS": "3",
+           "MOEBENCH_IMPLS": ",".join(suite.IMPLS), "MOEBENCH_BATCH_SIZES": "1,8", "MOEBENCH_REPLAYS": "2", "MOEBENCH_ROUNDS": "3",
            "MOEBENCH_RAY": "off"}
     (tmp_path / "home").mkdir()
     work, html = tmp_path / "work", tmp_path / "html"

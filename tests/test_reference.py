@@ -179,3 +179,29 @@ def test_expected_unpermute_uses_fp32_accumulation():
     run = ReferenceCustom().prepare(inp)
     want = expected_unpermute(inp, run.layout(), run.unpermute_input())
     assert want.dtype == torch.float32
+
+
+def test_inputs_are_the_seeded_draws_in_new_buffers_every_time(monkeypatch):
+    """make_inputs keeps recent draws (drawing T x H normals costs more than timing a point), but
+    every call gets new buffers with the values of a fresh draw, and the cache stays in its bytes."""
+    from moebench import routing
+
+    args = dict(num_experts=8, topk=2, hidden_size=64, num_tokens=32, dtype=torch.float32,
+                dtype_mode="auto", device=torch.device("cpu"), seed=3)
+    first = routing.make_inputs(**args)
+    first.hidden.zero_()  # an implementation that wrote into its input must not change the next point's
+    again = routing.make_inputs(**args)
+    fresh = routing._draw(3, 32, 64, 8, 2, "uniform")
+    assert torch.equal(again.hidden, fresh[0]) and torch.equal(again.topk_weights, fresh[1])
+    assert torch.equal(again.topk_ids, fresh[2].int())
+    assert again.hidden.data_ptr() != routing._DRAWS.get((3, 32, 64, 8, 2, "uniform"))[0].data_ptr()
+
+    draws = routing._Draws(limit=3 * sum(t.numel() * t.element_size() for t in fresh))  # room for three
+    calls = []
+    monkeypatch.setattr(routing, "_draw", lambda *key: calls.append(key) or fresh)
+    for seed in (0, 1, 2, 0, 3, 0, 1):
+        draws.get((seed, 32, 64, 8, 2, "uniform"))
+    assert [k[0] for k in calls] == [0, 1, 2, 3, 1]  # 0 stayed (used again), 1 was the oldest when 3 came
+    assert draws.bytes <= draws.limit
+    tiny = routing._Draws(limit=16)
+    assert tiny.get((0, 32, 64, 8, 2, "uniform")) is fresh and tiny.bytes == 0  # too large to keep

@@ -162,3 +162,39 @@ def test_an_unknown_gpu_state_says_why_in_the_file_and_once_per_run(tmp_path, mo
     _, back = load(tmp_path / "r.json")
     assert back[0] == unknown and gpu_state_errors(back) == [state.error]
     assert gpu_state_errors([_result(1)]) == []
+
+
+def test_nvml_reads_the_cards_max_clock_once_and_the_rest_every_time(monkeypatch):
+    """The max SM clock is a property of the card (1.5 ms a query on an H200, ten queries a
+    point): read once per card; clocks, temperature, power and throttling are read every time."""
+    import sys
+    import types
+
+    import torch
+
+    from moebench.gpustate import Nvml
+
+    calls: list[str] = []
+
+    def query(name, value):
+        def fn(*args):
+            calls.append(name)
+            return value
+        return fn
+
+    fake = types.SimpleNamespace(
+        NVML_CLOCK_SM=0, NVML_TEMPERATURE_GPU=0, NVMLError=RuntimeError, nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=query("handle", object()), nvmlDeviceGetMaxClockInfo=query("max", 1980),
+        nvmlDeviceGetClockInfo=query("clock", 1755), nvmlDeviceGetTemperature=query("temp", 41),
+        nvmlDeviceGetPowerUsage=query("power", 250_000), nvmlDeviceGetCurrentClocksEventReasons=query("reasons", 0x4))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda idx: types.SimpleNamespace())  # no uuid
+    nvml = Nvml()
+    states = [nvml.read(torch.device("cuda", 0)) for _ in range(3)]
+    assert states[0] == GpuState(sm_clock_mhz=1755, max_sm_clock_mhz=1980, temperature_c=41, power_w=250.0,
+                                 throttle_reasons=("sw_power_cap",))
+    assert states[1] == states[2] == states[0]
+    assert calls.count("max") == 1 and calls.count("handle") == 1
+    assert calls.count("clock") == calls.count("temp") == calls.count("power") == calls.count("reasons") == 3
+    nvml.read(torch.device("cuda", 1))  # another card: its own handle and max clock
+    assert calls.count("max") == 2 and calls.count("handle") == 2

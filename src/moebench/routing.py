@@ -9,6 +9,7 @@ vLLM's.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import torch
@@ -20,6 +21,10 @@ from .errors import BadInput
 # take roughly half of all (token, slot) assignments.
 HOT_EXPERT_SHARE = 0.125
 HOT_EXPERT_BONUS = 2.5
+# The seeded draws of recent points are kept (host memory, least recently used first out): the
+# points of one shape at one T differ only in dtype mode and implementation, and drawing T x H
+# normals on the host took ~200 ms at T=4096 on an H200's host, longer than timing the point.
+DRAWS_CACHE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,23 @@ def make_inputs(
     """Seeded inputs, generated on the CPU so every device sees the same values."""
     if routing not in ROUTINGS:
         raise BadInput(f"unknown routing {routing!r} (choose from {', '.join(ROUTINGS)})")
+    hidden, weights, ids = _DRAWS.get((seed, num_tokens, hidden_size, num_experts, topk, routing))
+    emap = ep.expert_map(num_experts)
+    return MoEInputs(
+        # copies, never the cached draws themselves
+        hidden=hidden.to(device=device, dtype=dtype, copy=True),
+        topk_weights=weights.to(device, copy=True),
+        topk_ids=ids.to(device=device, dtype=torch.int32, copy=True),
+        expert_map=None if emap is None else emap.to(device),
+        num_experts=num_experts,
+        n_local_experts=len(ep.local_range(num_experts)),
+        dtype_mode=dtype_mode,
+    )
+
+
+def _draw(seed: int, num_tokens: int, hidden_size: int, num_experts: int, topk: int,
+          routing: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden states (fp32), top-k weights and ids from one seeded CPU generator, in this order."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     hidden = torch.randn(num_tokens, hidden_size, generator=gen, dtype=torch.float32)
     gating = torch.randn(num_tokens, num_experts, generator=gen, dtype=torch.float32)
@@ -109,13 +131,30 @@ def make_inputs(
         hot = torch.randperm(num_experts, generator=gen)[:n_hot]
         gating[:, hot] += HOT_EXPERT_BONUS
     weights, ids = torch.topk(torch.softmax(gating, dim=-1), topk, dim=-1)
-    emap = ep.expert_map(num_experts)
-    return MoEInputs(
-        hidden=hidden.to(device=device, dtype=dtype),
-        topk_weights=weights.to(device),
-        topk_ids=ids.to(device=device, dtype=torch.int32),
-        expert_map=None if emap is None else emap.to(device),
-        num_experts=num_experts,
-        n_local_experts=len(ep.local_range(num_experts)),
-        dtype_mode=dtype_mode,
-    )
+    return hidden, weights, ids
+
+
+class _Draws:
+    """``_draw``'s results for recent arguments, within ``limit`` bytes (one draw larger than
+    that is returned, not kept)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.bytes = limit, 0
+        self._kept: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+
+    def get(self, key: tuple) -> tuple[torch.Tensor, ...]:
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return self._kept[key]
+        drawn = _draw(*key)
+        size = sum(t.numel() * t.element_size() for t in drawn)
+        if size <= self.limit:
+            while self.bytes + size > self.limit:
+                _, old = self._kept.popitem(last=False)
+                self.bytes -= sum(t.numel() * t.element_size() for t in old)
+            self._kept[key] = drawn
+            self.bytes += size
+        return drawn
+
+
+_DRAWS = _Draws(DRAWS_CACHE_BYTES)

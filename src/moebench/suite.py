@@ -20,15 +20,16 @@ A run is configured by environment variables (read by ``SuiteConfig.from_env``);
 variables give the same parameter lists:
 
     MOEBENCH_MODELS            comma-separated models (hub id, shipped snapshot or local config
-                               dir); default mistralai/Mixtral-8x7B-Instruct-v0.1
-    MOEBENCH_DTYPES            subset of auto,fp8_w8a8,int8_w8a16 (default: all three)
-    MOEBENCH_IMPLS             subset of the implementations (default: all; those unavailable at
-                               a commit or on a device are skipped, NaN in asv)
+                               dir); default: every shipped model (nine)
+    MOEBENCH_DTYPES            subset of auto,fp8_w8a8,int8_w8a16 (default: auto,fp8_w8a8)
+    MOEBENCH_IMPLS             subset of the implementations (default: vllm-ops,triton-sol; those
+                               unavailable at a commit or on a device are skipped, NaN in asv)
     MOEBENCH_BATCH_SIZES       token counts (default: the seed's 18, 1 ... 4096)
     MOEBENCH_L2                L2 modes to measure: warm,cold (default) or one of them; the
                                other class's combinations are then skipped
-    MOEBENCH_COLD_MODELS       the models measured with cold L2 too (default: all of them); the
-                               ColdL2 class's model axis is this list
+    MOEBENCH_COLD_MODELS       the models measured with cold L2 too, "all" for every one (default:
+                               Mixtral-8x7B and DeepSeek-V3 where measured, else every model);
+                               the ColdL2 class's model axis is this list
     MOEBENCH_ROUNDS            independent rounds per point (default 5): each round's value is one
                                asv sample, so asv's median, CI and tests are over rounds
     MOEBENCH_REPLAYS           timed replays per round (default 20)
@@ -56,7 +57,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import marshal
 import os
+import pickle
 import time
 from array import array
 from collections import Counter
@@ -66,7 +69,7 @@ from typing import Mapping
 from .argtypes import positive_int, positive_seconds
 from .axes import BATCH_SIZES, DTYPE_MODES, IMPLS, L2_MODES, OPS  # noqa: F401  (OPS: the suite's ops)
 from .errors import BadInput
-from .models import DEFAULT_MODEL
+from .models import shipped_models
 
 PARAM_NAMES = ("model", "dtype", "impl", "tokens")
 # The benchmark class of each L2 mode (benchmarks/moe.py declares them under these names).
@@ -78,6 +81,16 @@ L2_CLASSES = {"warm": "WarmL2", "cold": "ColdL2"}
 # 3: rounds: each sample is one independent round's value (new buffers, new graph, no garbage
 # collector pause), the number asv shows is their median.
 RECIPE_VERSION = "3"
+
+# The nightly's grid, the defaults (docs/operations.md, "The nightly grid"): every shipped model;
+# the dtype modes of vLLM's MoE layers; vLLM's kernels (every commit has them; its Python API paths
+# need a full vLLM install, MOEBENCH_IMPLS adds them) beside triton-sol, the speed of light, which
+# no vLLM commit changes: a step in it is the machine, not the commit. Cold L2 for the two shapes
+# at the ends (8 experts of 14336-wide rows; 256 experts, top-8).
+DEFAULT_DTYPES = ("auto", "fp8_w8a8")
+DEFAULT_IMPLS = ("vllm-ops", "triton-sol")
+DEFAULT_COLD_MODELS = ("mistralai/Mixtral-8x7B-Instruct-v0.1", "deepseek-ai/DeepSeek-V3")
+ALL = "all"  # MOEBENCH_COLD_MODELS: every model
 
 ISOLATE = {"auto": None, "on": True, "off": False}  # MOEBENCH_ISOLATE -> SuiteConfig.isolate
 GridKey = tuple[str, str, str, str, int]  # (l2, model, dtype, impl, tokens): a class's combination
@@ -127,6 +140,35 @@ class SuitePoint:
 Grid = dict[GridKey, SuitePoint]
 
 
+def _key_text(key: GridKey) -> str:
+    return "|".join(map(str, key))
+
+
+class PackedGrid:
+    """The grid as ``setup_cache`` hands it to asv, which unpickles it again in every combination's
+    process (6336 of them for the nightly grid): its pickle is one ``marshal`` blob of key text ->
+    that point's own pickle, and a lookup decodes only its point. (A 5184-point grid: unpickling and
+    one lookup took 43 ms as a dict of ``SuitePoint``, 0.8 ms packed, on a 2-core CI machine.) Reads like a ``Grid``: ``grid[key]``, ``KeyError`` if absent."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._blob = marshal.dumps({_key_text(k): pickle.dumps(m) for k, m in grid.items()})
+        self._points: dict[str, bytes] | None = None
+
+    def __reduce__(self):
+        return _unpack, (self._blob,)
+
+    def __getitem__(self, key: GridKey) -> SuitePoint:
+        if self._points is None:
+            self._points = marshal.loads(self._blob)
+        return pickle.loads(self._points[_key_text(key)])
+
+
+def _unpack(blob: bytes) -> PackedGrid:
+    packed = PackedGrid.__new__(PackedGrid)
+    packed._blob, packed._points = blob, None
+    return packed
+
+
 def _split(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = env.get(name, "").strip()
     if not raw:
@@ -137,8 +179,8 @@ def _split(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
     return values
 
 
-def _choose(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    values = _split(env, name, allowed)
+def _choose(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+    values = _split(env, name, default)
     if unknown := [v for v in values if v not in allowed]:
         raise BadInput(f"{name}: unknown {', '.join(unknown)} (choose from {', '.join(allowed)})")
     return values
@@ -168,12 +210,12 @@ def _positive(name: str, text: str) -> int:
 
 @dataclass(frozen=True)
 class SuiteConfig:
-    models: tuple[str, ...] = (DEFAULT_MODEL,)
-    dtype_modes: tuple[str, ...] = DTYPE_MODES
-    impls: tuple[str, ...] = IMPLS
+    models: tuple[str, ...] = tuple(shipped_models())
+    dtype_modes: tuple[str, ...] = DEFAULT_DTYPES
+    impls: tuple[str, ...] = DEFAULT_IMPLS
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     l2_modes: tuple[str, ...] = L2_MODES
-    cold_models: tuple[str, ...] | None = None  # None: every model is measured with cold L2 too
+    cold_models: tuple[str, ...] | None = None  # None: DEFAULT_COLD_MODELS where measured, else every model
     rounds: int = 5
     replays: int = 20  # per round
     calls_per_graph: int | None = None  # None: the timer's default for the device and L2 mode
@@ -193,12 +235,12 @@ class SuiteConfig:
         kernels = installed()
         calls = env.get("MOEBENCH_CALLS_PER_GRAPH", "").strip()
         return cls(
-            models=_split(env, "MOEBENCH_MODELS", (DEFAULT_MODEL,)),
-            dtype_modes=_choose(env, "MOEBENCH_DTYPES", DTYPE_MODES),
-            impls=_choose(env, "MOEBENCH_IMPLS", IMPLS),
+            models=(models := _split(env, "MOEBENCH_MODELS", cls.models)),
+            dtype_modes=_choose(env, "MOEBENCH_DTYPES", DTYPE_MODES, cls.dtype_modes),
+            impls=_choose(env, "MOEBENCH_IMPLS", IMPLS, cls.impls),
             batch_sizes=tuple(_positive("MOEBENCH_BATCH_SIZES", s) for s in sizes),
-            l2_modes=_choose(env, "MOEBENCH_L2", L2_MODES),
-            cold_models=_split(env, "MOEBENCH_COLD_MODELS", ()) or None,
+            l2_modes=_choose(env, "MOEBENCH_L2", L2_MODES, cls.l2_modes),
+            cold_models=models if (cold := _split(env, "MOEBENCH_COLD_MODELS", ())) == (ALL,) else cold or None,
             rounds=_positive("MOEBENCH_ROUNDS", env.get("MOEBENCH_ROUNDS", "").strip() or str(cls.rounds)),
             replays=_positive("MOEBENCH_REPLAYS",
                               env.get("MOEBENCH_REPLAYS", "").strip() or str(cls.replays)),
@@ -222,16 +264,21 @@ class SuiteConfig:
                            f"({', '.join(self.models)})")
 
     def models_for(self, l2: str) -> tuple[str, ...]:
-        """The models measured with ``l2``: cold L2 only for ``cold_models`` where given (cold L2
-        costs a flush per replay and one call per graph, so a nightly keeps it for a few shapes)."""
-        return self.cold_models if l2 == "cold" and self.cold_models is not None else self.models
+        """The models measured with ``l2``: cold L2 only for ``cold_models`` where given, else for
+        those of ``DEFAULT_COLD_MODELS`` measured, else for every model (cold L2 costs a flush per
+        replay and one call per graph, so a nightly keeps it for a few shapes)."""
+        if l2 != "cold":
+            return self.models
+        if self.cold_models is not None:
+            return self.cold_models
+        return tuple(m for m in self.models if m in DEFAULT_COLD_MODELS) or self.models
 
     def params_for(self, l2: str) -> list[list]:
         """asv ``params`` of the ``l2`` class, in ``PARAM_NAMES`` order."""
         return [list(self.models_for(l2)), list(self.dtype_modes), list(self.impls), list(self.batch_sizes)]
 
 
-def lookup(grid: Grid, l2: str, model: str, dtype: str, impl: str, tokens: int) -> SuitePoint:
+def lookup(grid: Grid | PackedGrid, l2: str, model: str, dtype: str, impl: str, tokens: int) -> SuitePoint:
     """The point of one asv combination; ``NotImplementedError`` (asv: skipped, NaN) where it
     cannot run here, ``PointFailed`` where it ran without a trustworthy number."""
     name = f"{model}/{dtype}/{impl}/T{tokens}/L2 {l2}"
