@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
-"""How much faster is the asv suite's ``setup_cache`` on every GPU of a machine (through Ray) than
-on one, and are the numbers the same? For any machine with several GPUs and Ray installed.
+"""How much faster is the asv suite on every GPU of a machine (through Ray) than on one, and are
+the numbers the same? For any machine with several GPUs and Ray installed (``--asv``: and asv).
 
     python evidence/suite_scaling.py --out docs/data/scaling [--env MOEBENCH_MODELS=... ...]
+    python evidence/suite_scaling.py --asv --warm-up --out docs/data/nightly
 
-Runs the suite's ``setup_cache`` (``suite.setup_grid``) in a fresh process, as asv does, once with
-``MOEBENCH_RAY=off`` (one GPU) and once with ``MOEBENCH_RAY=auto`` (one Ray worker per GPU), for
-the grid the ``MOEBENCH_*`` variables (and ``--env``) choose. Per run: the process's wall time,
-and the suite's own breakdown (imports and model resolution, executor start = Ray + workers +
-ceiling, points). Then every point's median on all GPUs over its median on one: the two runs
-agree when those ratios stay within the noise between fresh processes. Writes
-``OUT/scaling.json``; the grids themselves go to ``OUT/<run>.pkl`` for a closer look.
+Without ``--asv``: the suite's ``setup_cache`` (``suite.setup_grid``) in a fresh process, as asv
+runs it. With ``--asv``: a whole ``asv run`` of the suite for one commit (``moebench.asvlocal``:
+this interpreter, a stand-in commit, forkserver), i.e. what the nightly spends per vLLM commit.
+Each once with ``MOEBENCH_RAY=off`` (one GPU) and once with ``MOEBENCH_RAY=auto`` (one Ray worker
+per GPU), for the grid the ``MOEBENCH_*`` variables (and ``--env``) choose; the suite's defaults
+are the nightly's grid. Per run: the wall time, and its breakdown: setup_cache (imports and model
+resolution, executor start = Ray + workers + ceiling, points) and, for ``--asv``, asv's lookups
+(one process per parameter combination and track, from asv's own durations) and the rest (asv's
+start, discovery, result files). ``--warm-up`` first runs the grid once with one short round per
+point on every GPU, untimed in the comparison: Triton compiles triton-sol's kernels for each new
+shape once per machine (its disk cache), which a nightly pays only after a Triton or kernel change;
+its time is reported. Then every point's median on all GPUs over its median on one: the two runs
+agree when those ratios stay within the noise between fresh processes. Writes ``OUT/scaling.json``
+and each run's log (and grid or asv results) under ``OUT``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SETUP_CACHE = ("import pickle, sys; sys.path.insert(0, sys.argv[2]); from moebench import suite; "
                "grid = suite.setup_grid(suite.SuiteConfig.from_env()); pickle.dump(grid, open(sys.argv[1], 'wb'))")
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "evidence"))
+RUNS = {"one-gpu": "off", "all-gpus": "auto"}  # MOEBENCH_RAY of each run
 BREAKDOWN = re.compile(r"measured (\d+) points on (.*?): .*?, ([\d.]+) s \(executor start ([\d.]+) s, points ([\d.]+) s\)")
 
 
@@ -48,6 +59,58 @@ def run(name: str, env: dict[str, str], out: Path) -> dict:
             "executor_start_s": float(start_s), "points_s": float(points_s)}
 
 
+def run_asv(name: str, env: dict[str, str], out: Path) -> dict:
+    """One whole ``asv run`` of the suite; its wall time and where it went."""
+    from asv_cost import report as asv_report
+
+    work, setup_log = out / name, out / f"{name}-setup-cache.log"
+    setup_log.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "moebench.asvlocal", "--work", str(work), "--html",
+                           str(work / "html"), "--machine", name, "--no-publish"],
+                          env={**env, "PYTHONPATH": str(ROOT / "src"), "MOEBENCH_SETUP_LOG": str(setup_log)},
+                          capture_output=True, text=True, cwd=ROOT)
+    wall = time.monotonic() - t0
+    (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    said = setup_log.read_text() if setup_log.is_file() else ""
+    if proc.returncode != 0 or not (m := BREAKDOWN.search(said)):
+        raise SystemExit(f"{name}: asv run failed (exit {proc.returncode}); see {out / f'{name}.log'}")
+    points, where, suite_s, start_s, points_s = m.groups()
+    (run,) = asv_report(work / "results")["runs"]
+    combos = sum(c["combinations"] for c in run["classes"].values())
+    lookups = sum(c["combinations_s"] for c in run["classes"].values())
+    setup = run["setup_cache_s"]
+    row = {"where": where, "points": int(points), "wall_s": round(wall, 1), "setup_cache_s": round(setup, 1),
+           "setup_cache_imports_s": round(setup - float(suite_s), 1), "executor_start_s": float(start_s),
+           "points_s": float(points_s), "lookups_s": round(lookups, 1), "combinations": combos,
+           "per_combination_ms": round(1e3 * lookups / combos, 2), "asv_rest_s": round(wall - setup - lookups, 1)}
+    print(f"{name}: asv run {wall:.1f} s = setup_cache {setup:.1f} s (imports {row['setup_cache_imports_s']} s + "
+          f"executor start {start_s} s + {points} points {points_s} s) + {combos} lookups {lookups:.1f} s "
+          f"({row['per_combination_ms']} ms each) + asv's own {row['asv_rest_s']} s", flush=True)
+    return row
+
+
+def warm_up(env: dict[str, str], out: Path) -> dict:
+    """The grid once, one short round per point, on every GPU: Triton's compilations land in its
+    disk cache (and the ceiling in moebench's), as after any earlier night."""
+    quick = {**env, "MOEBENCH_RAY": "auto", "MOEBENCH_ROUNDS": "1", "MOEBENCH_REPLAYS": "1"}
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", SETUP_CACHE, str(out / "warm-up.pkl"), str(ROOT / "src")],
+                          env=quick, capture_output=True, text=True)
+    (out / "warm-up.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"warm-up failed (exit {proc.returncode}); see {out / 'warm-up.log'}")
+    wall = time.monotonic() - t0
+    print(f"warm-up (compiles, ceiling): {wall:.1f} s", flush=True)
+    return {"wall_s": round(wall, 1)}
+
+
+def asv_run_medians(name: str, out: Path) -> dict[str, float]:
+    from same_numbers import asv_medians
+
+    return {"/".join(map(str, key)): v for key, v in asv_medians(out / name / "results", None).items()}
+
+
 def medians(path: Path) -> dict[str, float]:
     grid = pickle.loads(path.read_bytes())
     return {f"{'/'.join(map(str, key))}/{o.op}": statistics.median(o.rounds_s)
@@ -58,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="MOEBENCH_* settings of the grid")
+    ap.add_argument("--asv", action="store_true", help="time whole asv runs, not setup_cache alone")
+    ap.add_argument("--warm-up", action="store_true", help="run the grid once, short, before timing")
+    ap.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
+                    help="which runs now (each is kept in OUT; the comparison needs both there)")
     args = ap.parse_args(argv)
     import torch
 
@@ -67,20 +134,33 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "gpus": torch.cuda.device_count(), "torch": torch.__version__,
               "grid": {k: v for k, v in base.items() if k.startswith("MOEBENCH_")}, "runs": {}}
-    for name, ray in (("one-gpu", "off"), ("all-gpus", "auto")):
-        report["runs"][name] = run(name, {**base, "MOEBENCH_RAY": ray}, args.out)
-    one, every = (medians(args.out / f"{n}.pkl") for n in ("one-gpu", "all-gpus"))
+    if args.warm_up:
+        (args.out / "warm-up.json").write_text(json.dumps(warm_up(base, args.out)) + "\n")
+    for name in args.runs:
+        row = (run_asv if args.asv else run)(name, {**base, "MOEBENCH_RAY": RUNS[name]}, args.out)
+        (args.out / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    if not all((args.out / f"{n}.json").is_file() for n in RUNS):
+        return 0
+    report["runs"] = {n: json.loads((args.out / f"{n}.json").read_text()) for n in RUNS}
+    if (args.out / "warm-up.json").is_file():
+        report["warm_up"] = json.loads((args.out / "warm-up.json").read_text())
+    if args.asv:
+        one, every = (asv_run_medians(n, args.out) for n in ("one-gpu", "all-gpus"))
+    else:
+        one, every = (medians(args.out / f"{n}.pkl") for n in ("one-gpu", "all-gpus"))
     ratios = {k: every[k] / one[k] for k in sorted(set(one) & set(every))}
     devs = sorted(abs(r - 1) for r in ratios.values())
     runs = report["runs"]
-    report["speedup"] = {k: round(runs["one-gpu"][k] / runs["all-gpus"][k], 3) for k in ("process_s", "points_s")}
+    whole = "wall_s" if args.asv else "process_s"
+    report["speedup"] = {k: round(runs["one-gpu"][k] / runs["all-gpus"][k], 3) for k in (whole, "points_s")}
     report["agreement"] = {"points": len(ratios), "only_in_one_run": len(set(one) ^ set(every)),
                            "median_abs_dev": statistics.median(devs), "p95_abs_dev": devs[int(0.95 * (len(devs) - 1))],
                            "max_abs_dev": devs[-1],
                            "worst": sorted(ratios.items(), key=lambda kv: -abs(kv[1] - 1))[:5]}
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
     a = report["agreement"]
-    print(f"speedup: points {report['speedup']['points_s']}x, whole process {report['speedup']['process_s']}x; "
+    print(f"speedup: points {report['speedup']['points_s']}x, whole {'asv run' if args.asv else 'process'} "
+          f"{report['speedup'][whole]}x; "
           f"medians: {a['points']} compared, median |ratio-1| {a['median_abs_dev']:.2%}, p95 {a['p95_abs_dev']:.2%}, "
           f"max {a['max_abs_dev']:.2%}")
     return 0

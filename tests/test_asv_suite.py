@@ -189,7 +189,7 @@ def test_cold_l2_for_some_models_only(tmp_path):
     axis is that list, so the others cost no asv process at all."""
     a, b = model_dir(tmp_path, "a"), model_dir(tmp_path, "b")
     cfg = SuiteConfig(models=(a, b), cold_models=(b,), dtype_modes=("auto",), impls=("reference-custom",),
-                      batch_sizes=(1, 3), replays=2, rounds=2, ray="off")
+                      batch_sizes=(1, 3), replays=2, rounds=2, ray="off", setup_log=str(tmp_path / "setup.log"))
     assert cfg.params_for("warm")[0] == [a, b] and cfg.params_for("cold")[0] == [b]
     grid = suite.setup_grid(cfg)
     assert set(grid) == ({("warm", m, "auto", "reference-custom", t) for m in (a, b) for t in (1, 3)}
@@ -197,6 +197,9 @@ def test_cold_l2_for_some_models_only(tmp_path):
     assert all(m.failed is None and [o.op for o in m.ops] == ["permute", "unpermute"] for m in grid.values())
     with pytest.raises(PointFailed, match="not in the measured grid"):
         suite.lookup(grid, "cold", a, "auto", "reference-custom", 1)
+    # MOEBENCH_SETUP_LOG keeps the report asv would drop (it shows setup_cache's output only on failure)
+    report = (tmp_path / "setup.log").read_text()
+    assert re.search(r"measured 6 points on cpu.*: 6 ok, 0 skipped, 0 failed, [\d.]+ s \(executor start", report)
 
 
 def _verdicts(grid):

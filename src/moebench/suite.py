@@ -46,6 +46,9 @@ variables give the same parameter lists:
                                replaced when a kernel faults, crashes or hangs (``moebench.isolate``)
     MOEBENCH_POINT_TIMEOUT     seconds one point may take before its worker is killed (default
                                60 s + 2 ms per token)
+    MOEBENCH_SETUP_LOG         a file that setup_cache appends its report to (points measured,
+                               failed and n/a, the time each part took): asv shows setup_cache's
+                               output only when it fails
     MOEBENCH_REGISTRY          package.module:function (or file.py:function) that builds the
                                implementations instead of moebench's own, called as
                                function(vllm_ops_library, vllm_module)
@@ -226,6 +229,7 @@ class SuiteConfig:
     isolate: bool | None = None  # None: on for CUDA devices
     point_timeout_s: float | None = None  # None: isolate.watchdog_s's default
     registry: str | None = None  # "package.module:function" building the implementations
+    setup_log: str | None = None  # a file setup_cache's report is appended to
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "SuiteConfig":
@@ -256,6 +260,7 @@ class SuiteConfig:
             point_timeout_s=_seconds("MOEBENCH_POINT_TIMEOUT", timeout) if (timeout := env.get(
                 "MOEBENCH_POINT_TIMEOUT", "").strip()) else None,
             registry=env.get("MOEBENCH_REGISTRY", "").strip() or None,
+            setup_log=env.get("MOEBENCH_SETUP_LOG", "").strip() or None,
         )
 
     def __post_init__(self) -> None:
@@ -351,11 +356,17 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     from .results import FAILED, SKIPPED, gpu_state_errors
     from .timing import TimerConfig, default_calls_per_graph
 
+    def say(line: str) -> None:
+        print(f"moebench: {line}", flush=True)
+        if cfg.setup_log:
+            with open(cfg.setup_log, "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
     if cfg.vllm_ops_library:
         check_library_path(cfg.vllm_ops_library)
     if (kernels := installed()) is not None and cfg.vllm_ops_library == str(kernels.library_path):
-        print(f"moebench: kernel-library mode: vLLM {kernels.version} (commit {kernels.commit or 'unknown'}, "
-              f"{kernels.library}, sha256 {kernels.library_sha256[:16]})", flush=True)
+        say(f"kernel-library mode: vLLM {kernels.version} (commit {kernels.commit or 'unknown'}, "
+            f"{kernels.library}, sha256 {kernels.library_sha256[:16]})")
     started = time.perf_counter()
     left_out = SuitePoint(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
     grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
@@ -393,8 +404,8 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
         results = run_grid([(p, timer(p.l2)) for _, p in keyed], executor)
         points_s = time.perf_counter() - ready
         for r in executor.recoveries:
-            print(f"moebench: {r.point} left its worker unusable ({r.reason}); a fresh one took "
-                  f"{r.seconds:.1f} s to start", flush=True)
+            say(f"{r.point} left its worker unusable ({r.reason}); a fresh one took "
+                f"{r.seconds:.1f} s to start")
         where = executor.describe()
 
     for (key, _), r in zip(keyed, results):  # run_grid returns results in the order of its jobs
@@ -408,15 +419,14 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     # the other L2 class's combinations are left out, not skipped: they are not counted
     measured = sum(1 for k in grid if k[0] in cfg.l2_modes)
     skipped = sum(1 for k, m in grid.items() if m.skipped is not None and k[0] in cfg.l2_modes)
-    print(f"moebench: measured {measured} points on {where}: "
-          f"{measured - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
-          f"{time.perf_counter() - started:.1f} s (executor start {ready - opened:.1f} s, points {points_s:.1f} s)",
-          flush=True)
+    say(f"measured {measured} points on {where}: "
+        f"{measured - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
+        f"{time.perf_counter() - started:.1f} s (executor start {ready - opened:.1f} s, points {points_s:.1f} s)")
     for why in gpu_state_errors(results):
-        print(f"moebench: GPU state (clocks, throttling) unknown: {why}", flush=True)
+        say(f"GPU state (clocks, throttling) unknown: {why}")
     for key, why in failed.items():
-        print(f"moebench: failed {'/'.join(map(str, key))}: {why}", flush=True)
+        say(f"failed {'/'.join(map(str, key))}: {why}")
     reasons = Counter((key[3], m.skipped) for key, m in grid.items() if m.skipped is not None and key[0] in cfg.l2_modes)
     for (impl, why), count in reasons.items():
-        print(f"moebench: n/a {impl} at {count} points: {why}", flush=True)
+        say(f"n/a {impl} at {count} points: {why}")
     return grid
