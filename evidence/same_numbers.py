@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from moebench.asvresults import load_series  # noqa: E402
+from moebench.asvresults import Measurement, load_series  # noqa: E402
 from moebench.results import OK, load  # noqa: E402
 from moebench.suite import L2_CLASSES  # noqa: E402
 
@@ -32,10 +32,10 @@ Key = tuple[str, str, str, str, int, str]  # l2, model, dtype, impl, tokens, op
 CLASS_L2 = {cls: l2 for l2, cls in L2_CLASSES.items()}
 
 
-def asv_medians(results: Path, commit: str | None) -> dict[Key, float]:
-    """Seconds per call of every timing series (``track_permute``, ``track_unpermute``), at
-    ``commit`` or at the series' latest measurement."""
-    out: dict[Key, float] = {}
+def asv_measurements(results: Path, commit: str | None) -> dict[Key, "Measurement"]:
+    """The measurement (value = asv's median, samples = rounds) of every timing series
+    (``track_permute``, ``track_unpermute``), at ``commit`` or at the series' latest measurement."""
+    out: dict[Key, Measurement] = {}
     for s in load_series(results, None):
         cls, _, track = s.benchmark.split(".", 1)[1].partition(".")
         op = track.removeprefix("track_")
@@ -44,8 +44,13 @@ def asv_medians(results: Path, commit: str | None) -> dict[Key, float]:
         chosen = [m for m in s.measurements if commit is None or m.commit.startswith(commit)]
         if chosen:
             p = {k: ast.literal_eval(v) for k, v in s.params}  # asv keeps each value's repr
-            out[(CLASS_L2[cls], p["model"], p["dtype"], p["impl"], p["tokens"], op)] = chosen[-1].value
+            out[(CLASS_L2[cls], p["model"], p["dtype"], p["impl"], p["tokens"], op)] = chosen[-1]
     return out
+
+
+def asv_medians(results: Path, commit: str | None) -> dict[Key, float]:
+    """Seconds per call of every timing series, at ``commit`` or at its latest measurement."""
+    return {k: m.value for k, m in asv_measurements(results, commit).items()}
 
 
 def cli_medians(path: Path) -> dict[Key, float]:

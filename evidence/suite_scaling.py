@@ -24,6 +24,7 @@ and each run's log (and grid or asv results) under ``OUT``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -40,7 +41,17 @@ SETUP_CACHE = ("import pickle, sys; sys.path.insert(0, sys.argv[2]); from moeben
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "evidence"))
 RUNS = {"one-gpu": "off", "all-gpus": "auto"}  # MOEBENCH_RAY of each run
-BREAKDOWN = re.compile(r"measured (\d+) points on (.*?): .*?, ([\d.]+) s \(executor start ([\d.]+) s, points ([\d.]+) s\)")
+BREAKDOWN = re.compile(r"measured (\d+) points on (.*?): .*?, ([\d.]+) s \(imports and models ([\d.]+) s, "
+                       r"executor start ([\d.]+) s, points ([\d.]+) s, executor stop ([\d.]+) s\)")
+
+
+def _parts(said: str) -> dict | None:
+    """setup_grid's report line as numbers: where, points and the seconds of each part."""
+    if not (m := BREAKDOWN.search(said)):
+        return None
+    points, where, suite_s, imports_s, start_s, points_s, stop_s = m.groups()
+    return {"where": where, "points": int(points), "suite_s": float(suite_s), "imports_and_models_s": float(imports_s),
+            "executor_start_s": float(start_s), "points_s": float(points_s), "executor_stop_s": float(stop_s)}
 
 
 def run(name: str, env: dict[str, str], out: Path) -> dict:
@@ -50,13 +61,14 @@ def run(name: str, env: dict[str, str], out: Path) -> dict:
                           capture_output=True, text=True)
     wall = time.monotonic() - t0
     (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0 or not (m := BREAKDOWN.search(proc.stdout)):
+    if proc.returncode != 0 or (parts := _parts(proc.stdout)) is None:
         raise SystemExit(f"{name}: setup_cache failed (exit {proc.returncode}); see {out / f'{name}.log'}")
-    points, where, suite_s, start_s, points_s = m.groups()
-    print(f"{name}: {points} points on {where}: process {wall:.1f} s = imports {wall - float(suite_s):.1f} s "
-          f"+ executor start {start_s} s + points {points_s} s", flush=True)
-    return {"where": where, "points": int(points), "process_s": round(wall, 1), "suite_s": float(suite_s),
-            "executor_start_s": float(start_s), "points_s": float(points_s)}
+    row = {**parts, "process_s": round(wall, 1), "process_start_s": round(wall - parts["suite_s"], 1)}
+    print(f"{name}: {row['points']} points on {row['where']}: process {wall:.1f} s = start "
+          f"{row['process_start_s']} s + imports and models {row['imports_and_models_s']} s + executor start "
+          f"{row['executor_start_s']} s + points {row['points_s']} s + executor stop {row['executor_stop_s']} s",
+          flush=True)
+    return row
 
 
 def run_asv(name: str, env: dict[str, str], out: Path) -> dict:
@@ -73,20 +85,21 @@ def run_asv(name: str, env: dict[str, str], out: Path) -> dict:
     wall = time.monotonic() - t0
     (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
     said = setup_log.read_text() if setup_log.is_file() else ""
-    if proc.returncode != 0 or not (m := BREAKDOWN.search(said)):
+    if proc.returncode != 0 or (parts := _parts(said)) is None:
         raise SystemExit(f"{name}: asv run failed (exit {proc.returncode}); see {out / f'{name}.log'}")
-    points, where, suite_s, start_s, points_s = m.groups()
     (run,) = asv_report(work / "results")["runs"]
     combos = sum(c["combinations"] for c in run["classes"].values())
     lookups = sum(c["combinations_s"] for c in run["classes"].values())
     setup = run["setup_cache_s"]
-    row = {"where": where, "points": int(points), "wall_s": round(wall, 1), "setup_cache_s": round(setup, 1),
-           "setup_cache_imports_s": round(setup - float(suite_s), 1), "executor_start_s": float(start_s),
-           "points_s": float(points_s), "lookups_s": round(lookups, 1), "combinations": combos,
+    row = {**parts, "wall_s": round(wall, 1), "setup_cache_s": round(setup, 1),
+           # process start, the suite's import, pickling the grid for asv
+           "setup_cache_rest_s": round(setup - parts["suite_s"], 1),
+           "lookups_s": round(lookups, 1), "combinations": combos,
            "per_combination_ms": round(1e3 * lookups / combos, 2), "asv_rest_s": round(wall - setup - lookups, 1)}
-    print(f"{name}: asv run {wall:.1f} s = setup_cache {setup:.1f} s (imports {row['setup_cache_imports_s']} s + "
-          f"executor start {start_s} s + {points} points {points_s} s) + {combos} lookups {lookups:.1f} s "
-          f"({row['per_combination_ms']} ms each) + asv's own {row['asv_rest_s']} s", flush=True)
+    print(f"{name}: asv run {wall:.1f} s = setup_cache {setup:.1f} s (start {row['setup_cache_rest_s']} s + imports "
+          f"and models {row['imports_and_models_s']} s + executor start {row['executor_start_s']} s + "
+          f"{row['points']} points {row['points_s']} s + executor stop {row['executor_stop_s']} s) + {combos} lookups "
+          f"{lookups:.1f} s ({row['per_combination_ms']} ms each) + asv's own {row['asv_rest_s']} s", flush=True)
     return row
 
 
@@ -105,16 +118,40 @@ def warm_up(env: dict[str, str], out: Path) -> dict:
     return {"wall_s": round(wall, 1)}
 
 
-def asv_run_medians(name: str, out: Path) -> dict[str, float]:
-    from same_numbers import asv_medians
+def asv_rounds(out: Path, name: str) -> dict[str, list[float]]:
+    """Each timing series' rounds (asv's samples) in the asv run ``name`` under ``out``."""
+    from same_numbers import asv_measurements
 
-    return {"/".join(map(str, key)): v for key, v in asv_medians(out / name / "results", None).items()}
+    return {"/".join(map(str, key)): list(m.samples)
+            for key, m in asv_measurements(out / name / "results", None).items()}
 
 
-def medians(path: Path) -> dict[str, float]:
+def grid_rounds(path: Path) -> dict[str, list[float]]:
     grid = pickle.loads(path.read_bytes())
-    return {f"{'/'.join(map(str, key))}/{o.op}": statistics.median(o.rounds_s)
+    return {f"{'/'.join(map(str, key))}/{o.op}": list(o.rounds_s)
             for key, m in grid.items() if m.ops and not m.failed for o in m.ops}
+
+
+def agreement(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict:
+    """Median over median per point, and how many lie within the larger of the two runs' own
+    spread between rounds ((max - min) / median): what one run says its noise is."""
+    ratios, inside = {}, 0
+    for k in sorted(set(before) & set(after)):
+        a, b = statistics.median(before[k]), statistics.median(after[k])
+        ratios[k] = b / a
+        spread = max((max(before[k]) - min(before[k])) / a, (max(after[k]) - min(after[k])) / b)
+        inside += abs(b / a - 1) <= spread
+    devs = sorted(abs(r - 1) for r in ratios.values())
+    return {"points": len(ratios), "only_in_one_run": len(set(before) ^ set(after)),
+            "median_abs_dev": statistics.median(devs), "p95_abs_dev": devs[int(0.95 * (len(devs) - 1))],
+            "max_abs_dev": devs[-1], "beyond_3pct": sum(d > 0.03 for d in devs), "within_round_spread": inside,
+            "worst": sorted(ratios.items(), key=lambda kv: -abs(kv[1] - 1))[:8]}
+
+
+def _said(what: str, a: dict) -> str:
+    return (f"{what}: {a['points']} points, median |ratio-1| {a['median_abs_dev']:.2%}, p95 {a['p95_abs_dev']:.2%}, "
+            f"max {a['max_abs_dev']:.2%}, {a['beyond_3pct']} beyond 3 %, {a['within_round_spread']} within the "
+            "larger round spread")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-up", action="store_true", help="run the grid once, short, before timing")
     ap.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
                     help="which runs now (each is kept in OUT; the comparison needs both there)")
+    ap.add_argument("--baseline", type=Path, help="another OUT with a one-GPU asv run: the noise between two one-GPU "
+                                                  "runs, against which the all-GPU run's differences are read")
     args = ap.parse_args(argv)
     import torch
 
@@ -144,25 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     report["runs"] = {n: json.loads((args.out / f"{n}.json").read_text()) for n in RUNS}
     if (args.out / "warm-up.json").is_file():
         report["warm_up"] = json.loads((args.out / "warm-up.json").read_text())
-    if args.asv:
-        one, every = (asv_run_medians(n, args.out) for n in ("one-gpu", "all-gpus"))
-    else:
-        one, every = (medians(args.out / f"{n}.pkl") for n in ("one-gpu", "all-gpus"))
-    ratios = {k: every[k] / one[k] for k in sorted(set(one) & set(every))}
-    devs = sorted(abs(r - 1) for r in ratios.values())
+    rounds = functools.partial(asv_rounds, args.out) if args.asv else (lambda n: grid_rounds(args.out / f"{n}.pkl"))
+    one, every = rounds("one-gpu"), rounds("all-gpus")
     runs = report["runs"]
     whole = "wall_s" if args.asv else "process_s"
     report["speedup"] = {k: round(runs["one-gpu"][k] / runs["all-gpus"][k], 3) for k in (whole, "points_s")}
-    report["agreement"] = {"points": len(ratios), "only_in_one_run": len(set(one) ^ set(every)),
-                           "median_abs_dev": statistics.median(devs), "p95_abs_dev": devs[int(0.95 * (len(devs) - 1))],
-                           "max_abs_dev": devs[-1],
-                           "worst": sorted(ratios.items(), key=lambda kv: -abs(kv[1] - 1))[:5]}
+    report["agreement"] = agreement(one, every)
+    if args.baseline:
+        report["baseline"] = {"out": str(args.baseline), "agreement": agreement(asv_rounds(args.baseline, "one-gpu"), one)}
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
-    a = report["agreement"]
     print(f"speedup: points {report['speedup']['points_s']}x, whole {'asv run' if args.asv else 'process'} "
-          f"{report['speedup'][whole]}x; "
-          f"medians: {a['points']} compared, median |ratio-1| {a['median_abs_dev']:.2%}, p95 {a['p95_abs_dev']:.2%}, "
-          f"max {a['max_abs_dev']:.2%}")
+          f"{report['speedup'][whole]}x", flush=True)
+    print(_said("all GPUs vs one", report["agreement"]), flush=True)
+    if args.baseline:
+        print(_said("one GPU vs one GPU (baseline)", report["baseline"]["agreement"]), flush=True)
     return 0
 
 

@@ -348,6 +348,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     """Measure every combination of ``cfg``, each selected L2 mode: the suite's ``setup_cache``.
     ``registry`` builds the implementations instead of ``impls.implementations`` (default: the
     callable ``MOEBENCH_REGISTRY`` names, if any)."""
+    started = time.perf_counter()
     from .executors import Placement, open_executor
     from .grid import SweepSpec, run_grid, validate_row_bytes
     from .impls.vllm import check_library_path
@@ -367,7 +368,6 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     if (kernels := installed()) is not None and cfg.vllm_ops_library == str(kernels.library_path):
         say(f"kernel-library mode: vLLM {kernels.version} (commit {kernels.commit or 'unknown'}, "
             f"{kernels.library}, sha256 {kernels.library_sha256[:16]})")
-    started = time.perf_counter()
     left_out = SuitePoint(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
     grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
                   for rest in itertools.product(cfg.models_for(l2), cfg.dtype_modes, cfg.impls, cfg.batch_sizes)}
@@ -407,6 +407,8 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
             say(f"{r.point} left its worker unusable ({r.reason}); a fresh one took "
                 f"{r.seconds:.1f} s to start")
         where = executor.describe()
+        stopping = time.perf_counter()
+    stopped = time.perf_counter()
 
     for (key, _), r in zip(keyed, results):  # run_grid returns results in the order of its jobs
         grid[key] = SuitePoint(
@@ -421,7 +423,8 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     skipped = sum(1 for k, m in grid.items() if m.skipped is not None and k[0] in cfg.l2_modes)
     say(f"measured {measured} points on {where}: "
         f"{measured - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
-        f"{time.perf_counter() - started:.1f} s (executor start {ready - opened:.1f} s, points {points_s:.1f} s)")
+        f"{time.perf_counter() - started:.1f} s (imports and models {opened - started:.1f} s, executor start "
+        f"{ready - opened:.1f} s, points {points_s:.1f} s, executor stop {stopped - stopping:.1f} s)")
     for why in gpu_state_errors(results):
         say(f"GPU state (clocks, throttling) unknown: {why}")
     for key, why in failed.items():
