@@ -15,6 +15,12 @@ from moebench.models import resolve, shape_from_config, shipped_models
 PUBLISHED = json.loads((Path(__file__).parent / "data" / "published_shapes.json").read_text())
 
 
+@pytest.fixture(autouse=True)
+def _own_shape_cache(tmp_path, monkeypatch):
+    """Every test resolves through transformers, not through shapes another test cached."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def test_every_required_model_is_shipped():
     assert set(PUBLISHED) <= set(shipped_models())
     assert len(PUBLISHED) >= 9
@@ -108,3 +114,39 @@ def test_remote_code_is_opt_in(tmp_path):
                                                "auto_map": {"AutoConfig": "cfg.CustomConfig"}}))
     with pytest.raises(BadInput, match="--trust-remote-code"):
         resolve(str(d))
+
+
+def test_a_resolved_shape_is_cached_until_its_config_changes(tmp_path, monkeypatch):
+    """A snapshot's or a local directory's shape is read once through AutoConfig, then from the
+    cache; a changed config.json is read again; a cache file that is not JSON is ignored."""
+    import transformers
+
+    calls = []
+    real = transformers.AutoConfig.from_pretrained
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    d = tmp_path / "local"
+    d.mkdir()
+    config = {"model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_size": 64}
+    (d / "config.json").write_text(json.dumps(config))
+    first = [resolve("deepseek-ai/DeepSeek-V3"), resolve(str(d))]
+    assert [resolve("deepseek-ai/DeepSeek-V3"), resolve(str(d))] == first and len(calls) == 2
+    assert first[0].source == "snapshot" and first[1].source == "local"
+    (d / "config.json").write_text(json.dumps({**config, "hidden_size": 128}))
+    assert resolve(str(d)).hidden_size == 128 and len(calls) == 3
+    (tmp_path / "cache" / "moebench" / "shapes.json").write_text("{not json")
+    assert resolve("deepseek-ai/DeepSeek-V3") == first[0] and len(calls) == 4
+
+
+def test_a_cached_shape_needs_no_transformers(tmp_path):
+    """The suite's setup_cache resolves every model in a fresh process: from the second run on,
+    transformers is not even imported (its first AutoConfig call took 7.8 s on an H200 host)."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    code = ("import sys; from moebench.models import resolve; s = resolve('meta-llama/Llama-4-Scout-17B-16E-Instruct'); "
+            "print(s.num_experts, s.topk, 'transformers' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs == [["16", "1", "True"], ["16", "1", "False"]]

@@ -1,6 +1,7 @@
 """Writing a file so that no reader, and no interrupted writer, ever leaves half of it: results,
-the ceiling cache, the release manifest and bisection state all go through ``atomic_write``.
-Torch-free, so the commands that only write files import nothing heavy."""
+the caches, the release manifest and bisection state all go through ``atomic_write``; and where
+moebench keeps its caches (``cache_dir``). Torch-free, so the commands that only write files import
+nothing heavy."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ def atomic_write(path: Path, fill: Callable[[IO[str]], None], newline: str | Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_dir() -> Path:
+    """moebench's caches (bandwidth ceilings, resolved model shapes): $XDG_CACHE_HOME/moebench,
+    else ~/.cache/moebench."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "moebench"

@@ -5,18 +5,28 @@ not a table per model. Field names differ between MoE families, so the expert co
 hidden size are looked up through ordered lists of known spellings on the text config (nested
 ``text_config`` for multimodal models, ``ffn_config`` for DBRX). Shipped ``config.json`` snapshots
 make the supported models resolve offline without any network attempt.
+
+A shape read from a file (a shipped snapshot or a local directory) is cached
+(``files.cache_dir()/shapes.json``), keyed by the config file's bytes, this module's source and
+transformers' version: the first ``AutoConfig`` call of a process imports much of transformers
+(7.8 s on an H200 host; the suite's setup_cache resolves nine models), a cached shape costs a
+file read. Hub ids are not cached.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import BadInput, one_line
+from .files import atomic_write, cache_dir
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -151,12 +161,68 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     return None
 
 
+def _shapes_file() -> Path:
+    return cache_dir() / "shapes.json"
+
+
+def _shape_key(config_json: Path, model: str, source: str, trust_remote_code: bool) -> str:
+    """What a cached shape depends on: the config's bytes, how this module reads it, and the
+    transformers that parses it."""
+    h = hashlib.sha256(config_json.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    try:
+        h.update(metadata.version("transformers").encode())
+    except metadata.PackageNotFoundError:
+        pass
+    h.update(f"|{model}|{source}|{trust_remote_code}".encode())
+    return h.hexdigest()
+
+
+def _cached_shapes() -> dict[str, dict]:
+    try:
+        shapes = json.loads(_shapes_file().read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: resolve again
+        return {}
+    return shapes if isinstance(shapes, dict) else {}
+
+
+def _remember(key: str, shape: MoEShape) -> None:
+    shapes = _cached_shapes()
+    shapes[key] = asdict(shape)
+    try:
+        atomic_write(_shapes_file(), lambda f: json.dump(shapes, f, indent=1))
+    except OSError:  # a read-only home: the shape is just not cached
+        pass
+
+
 def resolve(model: str, trust_remote_code: bool = False) -> MoEShape:
     """Resolve ``model`` (local dir, shipped snapshot or hub id) to its MoE shape.
 
     Order: a local directory holding config.json; a shipped snapshot (never touches the
-    network); the hub, with short timeouts so an offline machine fails fast.
+    network); the hub, with short timeouts so an offline machine fails fast. Shapes read from a
+    file are cached (see the module docstring).
     """
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        key = _shape_key(path / "config.json", model, "local", trust_remote_code)
+    elif (snapshot := _snapshot_dir(model)) is not None:
+        key = _shape_key(snapshot / "config.json", f"{snapshot.parent.name}/{snapshot.name}", "snapshot",
+                         trust_remote_code)
+    else:
+        key = None
+    if key is not None and (cached := _cached_shapes().get(key)) is not None:
+        try:
+            return MoEShape(**cached)
+        except TypeError:  # an entry of another layout: resolve again
+            pass
+    shape = _resolve(model, trust_remote_code)
+    if key is not None:
+        _remember(key, shape)
+    return shape
+
+
+def _resolve(model: str, trust_remote_code: bool) -> MoEShape:
+    """``resolve`` through transformers' ``AutoConfig``."""
     # Set before transformers pulls in huggingface_hub, which reads them once at import.
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")

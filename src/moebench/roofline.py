@@ -12,13 +12,12 @@ where Triton is installed (torch's ``copy_`` reaches only ~2/3 of the bandwidth 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .files import atomic_write
+from .files import atomic_write, cache_dir
 from .timing import TimerConfig, measure
 
 COPY_BYTES = 1 << 30  # large enough to defeat any cache (H200 L2 is 60 MiB)
@@ -49,8 +48,7 @@ def floor_us(nbytes: int, ceiling: Ceiling) -> float:
 
 
 def _cache_file() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "moebench" / "ceilings.json"
+    return cache_dir() / "ceilings.json"
 
 
 def _triton_copy():
