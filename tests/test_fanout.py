@@ -264,6 +264,37 @@ def test_a_faulting_point_costs_its_worker_and_the_ray_grid_goes_on(cluster, fau
     assert [by_t[t].status for t in (1, 2, 4, 8)] == ["ok", "ok", "failed", "ok"]
     assert by_t[4].reason.startswith(reason), by_t[4].reason
     # the faulting point took its worker (a crash: both attempts' workers); a fresh one measured the rest
-    # (points go largest first: T=1 is last)
+    # (a worker measures its share in grid order: T=8 is after the fault)
     assert len(meta["replaced"]) == len(meta["died"]) == (2 if fault.startswith("segv") else 1)
-    assert meta["ran_on"][by_t[1].point.key] == len(meta["workers"]) - 1
+    assert meta["ran_on"][by_t[1].point.key] == 0
+    assert meta["ran_on"][by_t[8].point.key] == len(meta["workers"]) - 1
+
+
+def test_the_plan_puts_each_point_on_the_same_card_every_run():
+    """Which card measures a point is decided from the points and the cards alone: the same grid
+    gives every card the same share in every run, whichever worker Ray started first (two cards
+    differ by up to ~5 % at small T, so a point that changed cards would step in its history);
+    shares are balanced by estimated cost and measured in grid order."""
+    from moebench.fanout import WorkerInfo, _cost, _Live, _plan
+    from moebench.roofline import Ceiling
+
+    shape = resolve("deepseek-ai/DeepSeek-V3")
+    points = SweepSpec(shape, ("auto", "fp8_w8a8"), ("vllm-ops", "triton-sol")).points()
+    ceiling = Ceiling("NVIDIA H200", 4e12, "triton-copy")
+
+    def workers(gpus):  # Ray's start order: worker index i got physical GPU gpus[i]
+        return [_Live(i, None, WorkerInfo("node", "NVIDIA H200", 100 + i, (g,), ceiling)) for i, g in enumerate(gpus)]
+
+    def by_gpu(gpus):
+        ws = workers(gpus)
+        return {w.info.gpu_ids: list(share) for w, share in ((w, _plan(points, ws)[w.index]) for w in ws)}
+
+    assert by_gpu(["0", "1"]) == by_gpu(["1", "0"])  # the same share per card, whoever started first
+    shares = list(by_gpu(["0", "1"]).values())
+    jobs = [i for share in shares for i, attempt in share]
+    assert sorted(jobs) == list(range(len(points))) and {a for share in shares for _, a in share} == {1}
+    assert all([i for i, _ in share] == sorted(i for i, _ in share) for share in shares)  # grid order
+    loads = [sum(_cost(points[i]) for i, _ in share) for share in shares]
+    assert abs(loads[0] - loads[1]) <= max(_cost(p) for p in points)  # balanced within one point
+    three = _plan(points, workers(["0", "1", "2"]))
+    assert all(three.values()) and sum(map(len, three.values())) == len(points)

@@ -12,12 +12,19 @@ cluster without GPUs), builds the implementation registry, the bandwidth ceiling
 card (``device``) and host (``node``) that measured it; a mixed cluster (H100 + H200) is
 reported per card, and no number is ever averaged across cards.
 
-The driver hands out points one at a time (a worker gets the next point as soon as it finishes
-one, so a slower card never holds up the rest) and returns results in grid order. A worker that
-dies (a crash in a kernel library, an OOM kill, node loss) loses only the point it was measuring:
-that point goes back to the queue for another worker, at most ``MAX_ATTEMPTS`` times in all (a
-point that kills every worker it touches must not take the whole cluster down); a point that
-cannot be finished becomes a failed result whose reason starts with ``lost:``. A worker whose
+Which worker measures which point is decided before the first point (``_plan``), from the points
+and the workers' cards alone: jobs are balanced over the workers by estimated cost (largest first
+onto the least loaded), workers are taken in the order of their (node, GPU ids), and each measures
+its share in grid order. So every run of the same grid measures each point on the same card after
+the same neighbours: two cards of one model differ by up to ~5 % at small T, and handing points to
+whichever worker was free first moved points between cards from one night to the next (two
+2-GPU runs of the nightly grid disagreed on 58 `vllm-ops` points by more than 3 %, two 1-GPU runs
+on 12; docs/measurements.md). The price: a slower card is not relieved by a faster one. A worker
+that dies (a crash in a kernel library, an OOM kill, node loss) loses only the point it was
+measuring: that point and the rest of its share go to its replacement (or, if none starts, to the
+other workers), the point at most ``MAX_ATTEMPTS`` times in all (a point that kills every worker
+it touches must not take the whole cluster down); a point that cannot be finished becomes a failed
+result whose reason starts with ``lost:``. A worker whose
 point left its CUDA context unusable (``isolate.broken_after``: a sticky error), or that exceeds
 the point's watchdog limit (``isolate.watchdog_s``), is killed and its point failed with that
 reason. Each lost worker is replaced by a fresh one with the same settings and ceiling
@@ -193,30 +200,41 @@ class Pool:
 
     def run(self, jobs: Sequence[Job], on_result: Callable[[int, PointResult], None],
             on_start: Callable[[int], None] | None = None) -> None:
-        """Every job run once; ``on_result(i, result)`` as each one finishes (in completion
-        order). ``on_start`` is not called: points run several at a time.
-
-        The largest points are handed out first: with the smallest last, no worker is left
-        measuring one big point while the others sit idle at the end of the sweep.
-        """
+        """Every job run once, on the worker ``_plan`` gives it; ``on_result(i, result)`` as each
+        one finishes (in completion order). ``on_start`` is not called: points run several at a
+        time."""
         ray = ray_module()
         from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 
         worker_died = (RayActorError, WorkerCrashedError, ObjectLostError)
         t0 = time.monotonic()
         points, timers = [p for p, _ in jobs], [t for _, t in jobs]
-        largest_first = sorted(range(len(points)), key=lambda i: -_size(points[i]))
-        queue = deque((i, 1) for i in largest_first)  # (index, attempt)
+        shares = _plan(points, self._live)  # worker index -> its (job index, attempt) in grid order
         idle = list(self._live)
         running: dict[Any, tuple[_Live, int, int, float]] = {}  # ref -> worker, index, attempt, deadline
 
-        while queue or running:
-            while queue and idle:
-                w, (i, attempt) = idle.pop(0), queue.popleft()
+        def hand_over(w: _Live, fresh: list[_Live], retry: tuple[int, int] | None = None) -> None:
+            """``w``'s share (and ``retry`` first) to its replacement, else to the other workers."""
+            left = shares.pop(w.index, deque())
+            if retry is not None:
+                left.appendleft(retry)
+            if fresh:
+                shares[fresh[0].index] = left
+                idle.extend(fresh)
+            elif not self._live:
+                shares[w.index] = left  # no worker left: reported lost below
+            else:
+                for job in left:
+                    min((shares.setdefault(x.index, deque()) for x in self._live), key=len).append(job)
+
+        while any(shares.values()) or running:
+            for w in [w for w in idle if shares.get(w.index)]:
+                idle.remove(w)
+                i, attempt = shares[w.index].popleft()
                 deadline = time.monotonic() + watchdog_s(points[i], self.point_timeout_s)
                 running[w.handle.run.remote(points[i], timers[i])] = (w, i, attempt, deadline)
             if not running:  # points left, workers all dead
-                for i, _ in queue:
+                for i, _ in (job for share in shares.values() for job in share):
                     on_result(i, self._lost(points[i], timers[i], self.deaths[-1], "no live worker left to run it"))
                 break
             wait_s = max(0.0, min(deadline for *_, deadline in running.values()) - time.monotonic())
@@ -227,21 +245,23 @@ class Pool:
                     why = watchdog_reason(watchdog_s(points[i], self.point_timeout_s))
                     self._bury(w, points[i], why)
                     on_result(i, self._failed(points[i], timers[i], w.info.device, w.info.node, f"{why} {FRESH}"))
-                    idle += self._replace(w, points[i], why)
+                    hand_over(w, self._replace(w, points[i], why))
                 continue
             w, i, attempt, _ = running.pop(ready[0])
             try:
                 result, broken = ray.get(ready[0])
             except worker_died as exc:
                 death = self._bury(w, points[i], _death_reason(exc))
-                idle += self._replace(w, points[i], death.error)
+                fresh = self._replace(w, points[i], death.error)
                 if not self._live:
+                    hand_over(w, fresh)
                     on_result(i, self._lost(points[i], timers[i], death, "no live worker left to retry it"))
                 elif attempt < MAX_ATTEMPTS:
-                    queue.appendleft((i, attempt + 1))
+                    hand_over(w, fresh, retry=(i, attempt + 1))
                     self._note(f"Ray worker {w.index} (pid {w.info.pid} on {w.info.node}) died "
                                f"({death.error}); {points[i].key} goes to another worker")
                 else:
+                    hand_over(w, fresh)
                     on_result(i, self._lost(points[i], timers[i], death, f"attempt {attempt} of {MAX_ATTEMPTS}"))
                 continue
             except ray.exceptions.RayTaskError as exc:  # a bug, not a point's own problem
@@ -254,7 +274,7 @@ class Pool:
                 why = unusable_reason(result, broken)
                 self._bury(w, points[i], why)
                 result = replace(result, reason=f"{why} {FRESH}")
-                idle += self._replace(w, points[i], why)
+                hand_over(w, self._replace(w, points[i], why))
             on_result(i, result)
         self.sweep_s += time.monotonic() - t0
 
@@ -321,9 +341,27 @@ class Pool:
         self.close()
 
 
-def _size(p: Point) -> int:
-    """Bytes a point's activations occupy, as a proxy for how long it takes to measure."""
-    return p.num_tokens * p.topk * p.hidden_size
+# A point's seconds, estimated only to balance ``_plan``: ~0.1 s of fixed work (captures, the
+# gate, five rounds) plus its data (DeepSeek-V3 at T=4096, 235 M elements: ~0.7 s on an H200).
+POINT_BASE_S = 0.1
+POINT_ELEMENT_S = 3e-9
+
+
+def _cost(p: Point) -> float:
+    return POINT_BASE_S + POINT_ELEMENT_S * p.num_tokens * p.topk * p.hidden_size
+
+
+def _plan(points: Sequence[Point], workers: Sequence[_Live]) -> dict[int, deque]:
+    """Each worker's share of the jobs, as (job index, attempt 1) in grid order, keyed by worker
+    index: the costliest job first onto the least loaded worker, workers in (node, GPU ids) order,
+    ties to the earlier job and worker. The same points on the same cards give the same plan."""
+    order = sorted(workers, key=lambda w: (w.info.node, w.info.gpu_ids, w.index))
+    load, lanes = [0.0] * len(order), [[] for _ in order]
+    for i in sorted(range(len(points)), key=lambda i: (-_cost(points[i]), i)):
+        k = min(range(len(order)), key=lambda k: (load[k], k))
+        lanes[k].append(i)
+        load[k] += _cost(points[i])
+    return {w.index: deque((i, 1) for i in sorted(lane)) for w, lane in zip(order, lanes)}
 
 
 def _death_reason(exc: BaseException) -> str:
