@@ -19,13 +19,13 @@ at the measured copy bandwidth; 1.0 = at the floor). Parameters: ``MOEBENCH_*`` 
 """
 
 try:
-    from moebench import suite
+    from moebench import suite, suitegrid
 except ImportError:  # run from a checkout where moebench is not installed (asv "existing" env)
     import pathlib
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
-    from moebench import suite
+    from moebench import suite, suitegrid
 
 CONFIG = suite.SuiteConfig.from_env()
 
@@ -36,10 +36,10 @@ class _Grid:
     l2: str
 
     def setup_cache(self):
-        return suite.PackedGrid(suite.setup_grid(CONFIG))
+        return suitegrid.PackedGrid(suite.setup_grid(CONFIG))
 
     def setup(self, grid, model, dtype, impl, tokens):
-        self.point = suite.lookup(grid, self.l2, model, dtype, impl, tokens)
+        self.point = suitegrid.lookup(grid, self.l2, model, dtype, impl, tokens)
 
     def track_permute(self, grid, model, dtype, impl, tokens):
         return self.point.op("permute").timing()

@@ -155,7 +155,7 @@ def _asv_run(args, cfg, faults: dict[int, str], clean: dict) -> dict:
         op = s.benchmark.rsplit("track_", 1)[1]
         medians.setdefault(dict(s.params)["tokens"], {})[op] = s.measurements[-1].value * 1e6
     run = {"exit_code": proc.returncode, "wall_s": wall, "medians_us": medians,
-           # each failed combination's process raises suite.PointFailed with the point's reason
+           # each failed combination's process raises suitegrid.PointFailed with the point's reason
            "failed": {m.group(1): m.group(2) for m in re.finditer(
                r"PointFailed: \S+/T(\d+)/L2 \w+ on .*?: (.*)$", log, re.M)}}
     run["no_number"] = sorted(set(map(str, cfg.batch_sizes)) - set(medians), key=int)

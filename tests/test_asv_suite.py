@@ -19,9 +19,10 @@ from unittest.mock import ANY
 import pytest
 import torch
 
-from moebench import asvlocal, suite
+from moebench import asvlocal, suite, suitegrid
 from moebench.errors import BadInput
-from moebench.suite import OpTiming, PointFailed, SuiteConfig, SuitePoint
+from moebench.suite import SuiteConfig
+from moebench.suitegrid import OpTiming, PointFailed, SuitePoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "num_local_experts": 4,
@@ -47,7 +48,8 @@ def test_the_axes_have_one_torch_free_owner():
     assert quant.DTYPE_MODES is axes.DTYPE_MODES and impls.ALL is axes.IMPLS and results.OPS is axes.OPS
     assert routing.ROUTINGS is axes.ROUTINGS and grid.BATCH_SIZES is axes.BATCH_SIZES
     assert timing.TimerConfig is axes.TimerConfig and timing.L2_MODES is axes.L2_MODES
-    probe = "import sys, moebench.cli, moebench.suite; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    probe = ("import sys, moebench.cli, moebench.suite, moebench.suitegrid, moebench.models, moebench.files; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -113,16 +115,16 @@ def test_lookup_and_track_values():
             ("warm", "m", "auto", "vllm-ops", 1): SuitePoint(skipped="no library"),
             ("warm", "m", "auto", "reference-standard", 1): SuitePoint(failed="permute mismatch: rows differ",
                                                                      device="cpu")}
-    m = suite.lookup(grid, "warm", "m", "auto", "reference-custom", 1)
+    m = suitegrid.lookup(grid, "warm", "m", "auto", "reference-custom", 1)
     assert m.op("permute").timing() == {"samples": [2e-6, 4e-6], "number": 1}
     assert m.op("permute").vs_floor() == {"samples": [2.0, 4.0], "number": 1}
     assert m.op("unpermute").vs_floor()["samples"] == [pytest.approx(2.0)]
     with pytest.raises(NotImplementedError, match="no library"):
-        suite.lookup(grid, "warm", "m", "auto", "vllm-ops", 1)
+        suitegrid.lookup(grid, "warm", "m", "auto", "vllm-ops", 1)
     with pytest.raises(PointFailed, match="reference-standard/T1/L2 warm on cpu: permute mismatch"):
-        suite.lookup(grid, "warm", "m", "auto", "reference-standard", 1)
+        suitegrid.lookup(grid, "warm", "m", "auto", "reference-standard", 1)
     with pytest.raises(PointFailed, match="not in the measured grid"):
-        suite.lookup(grid, "cold", "m", "auto", "reference-custom", 1)
+        suitegrid.lookup(grid, "cold", "m", "auto", "reference-custom", 1)
 
 
 def test_the_packed_grid_reads_like_the_grid_after_pickling():
@@ -134,15 +136,15 @@ def test_the_packed_grid_reads_like_the_grid_after_pickling():
         ops=(OpTiming("permute", array("d", [t * 1e-6, i * 1e-6]), 1e-6),), device=f"gpu {i}")
         for i in range(3) for impl in ("vllm-ops", "triton-sol") for t in (1, 4096)}
     grid[("cold", "m0", "auto", "vllm-ops", 1)] = SuitePoint(skipped="no library")
-    back = pickle.loads(pickle.dumps(suite.PackedGrid(grid)))
+    back = pickle.loads(pickle.dumps(suitegrid.PackedGrid(grid)))
     assert back._points is None
     assert all(back[key] == point for key, point in grid.items())
-    assert suite.lookup(back, "warm", "m2", "auto", "triton-sol", 4096).op("permute").timing() == {
+    assert suitegrid.lookup(back, "warm", "m2", "auto", "triton-sol", 4096).op("permute").timing() == {
         "samples": [4096e-6, 2e-6], "number": 1}
     with pytest.raises(NotImplementedError, match="no library"):
-        suite.lookup(back, "cold", "m0", "auto", "vllm-ops", 1)
+        suitegrid.lookup(back, "cold", "m0", "auto", "vllm-ops", 1)
     with pytest.raises(PointFailed, match="not in the measured grid"):
-        suite.lookup(back, "cold", "m1", "auto", "vllm-ops", 1)
+        suitegrid.lookup(back, "cold", "m1", "auto", "vllm-ops", 1)
 
 
 def test_setup_grid_on_cpu(tmp_path, monkeypatch):
@@ -197,7 +199,7 @@ def test_cold_l2_for_some_models_only(tmp_path):
                          | {("cold", b, "auto", "reference-custom", t) for t in (1, 3)})
     assert all(m.failed is None and [o.op for o in m.ops] == ["permute", "unpermute"] for m in grid.values())
     with pytest.raises(PointFailed, match="not in the measured grid"):
-        suite.lookup(grid, "cold", a, "auto", "reference-custom", 1)
+        suitegrid.lookup(grid, "cold", a, "auto", "reference-custom", 1)
     # MOEBENCH_SETUP_LOG keeps the report asv would drop (it shows setup_cache's output only on failure)
     report = (tmp_path / "setup.log").read_text()
     sys.path.insert(0, str(REPO / "evidence"))

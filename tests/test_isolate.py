@@ -89,7 +89,7 @@ def test_the_sweep_saves_every_point_and_the_fault_as_it_goes(tmp_path):
 
 
 def test_the_asv_suites_grid_goes_on_after_a_hang():
-    from moebench import suite
+    from moebench import suite, suitegrid
 
     cfg = suite.SuiteConfig(models=("Qwen/Qwen3-30B-A3B",), dtype_modes=("auto",), impls=("reference-custom",),
                             batch_sizes=SIZES, l2_modes=("warm",), rounds=2, replays=3, ray="off",
@@ -98,8 +98,8 @@ def test_the_asv_suites_grid_goes_on_after_a_hang():
     point = {t: grid[("warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", t)] for t in SIZES}
     assert "exceeded the watchdog limit of 6 s" in point[2].failed
     assert all(point[t].failed is None and point[t].op("permute").rounds_s for t in (1, 4, 8))
-    with pytest.raises(suite.PointFailed, match="watchdog"):
-        suite.lookup(grid, "warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", 2)
+    with pytest.raises(suitegrid.PointFailed, match="watchdog"):
+        suitegrid.lookup(grid, "warm", "Qwen/Qwen3-30B-A3B", "auto", "reference-custom", 2)
 
 
 def test_a_point_timeout_without_isolation_is_bad_input(capsys):

@@ -7,10 +7,10 @@ own process, shared by every class) measures the whole grid, both L2 modes, once
 environment, through ``setup_grid``: ``grid.run_grid`` over the executor ``MOEBENCH_RAY`` and
 ``MOEBENCH_ISOLATE`` choose (``executors``: this machine's GPU, or every GPU through Ray when there
 are several), ``runpoint.run_point`` for each point (CUDA graphs, the correctness gate, NVML
-state). The grid it returns holds only plain Python values (``SuitePoint``), so each
-combination's process unpickles it and looks its point up (``lookup``) without importing torch
-and without touching CUDA: asv's ``forkserver`` can fork those processes from a server that never
-initialized CUDA, which is what makes it safe.
+state). The grid it returns holds only plain Python values (``suitegrid``: ``SuitePoint``,
+packed), so each combination's process unpickles it and looks its point up (``suitegrid.lookup``)
+without importing torch and without touching CUDA: asv's ``forkserver`` can fork those processes
+from a server that never initialized CUDA, which is what makes it safe.
 
 This module is imported by asv's discovery and by its fork server, so it imports nothing heavy at
 module level: torch, the implementations and Ray are imported inside ``setup_grid`` only. The
@@ -60,9 +60,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import marshal
 import os
-import pickle
 import time
 from array import array
 from collections import Counter
@@ -73,6 +71,7 @@ from .argtypes import positive_int, positive_seconds
 from .axes import BATCH_SIZES, DTYPE_MODES, IMPLS, L2_MODES, OPS  # noqa: F401  (OPS: the suite's ops)
 from .errors import BadInput
 from .models import shipped_models
+from .suitegrid import Grid, OpTiming, SuitePoint
 
 PARAM_NAMES = ("model", "dtype", "impl", "tokens")
 # The benchmark class of each L2 mode (benchmarks/moe.py declares them under these names).
@@ -96,82 +95,6 @@ DEFAULT_COLD_MODELS = ("mistralai/Mixtral-8x7B-Instruct-v0.1", "deepseek-ai/Deep
 ALL = "all"  # MOEBENCH_COLD_MODELS: every model
 
 ISOLATE = {"auto": None, "on": True, "off": False}  # MOEBENCH_ISOLATE -> SuiteConfig.isolate
-GridKey = tuple[str, str, str, str, int]  # (l2, model, dtype, impl, tokens): a class's combination
-
-
-class PointFailed(RuntimeError):
-    """A point that ran but produced no trustworthy number (correctness gate, OOM, capture).
-
-    Raised in a benchmark's ``setup``: asv records the combination as failed and ``asv run``
-    exits non-zero, so a wrong kernel can never turn into a data point.
-    """
-
-
-@dataclass(frozen=True)
-class OpTiming:
-    op: str
-    # Per-call seconds, one value per round (``OpResult.round_values_us``): the independent
-    # replicates, so asv's median is the point's value and its CI and tests see the noise between
-    # rounds, not the far smaller noise between replays of one graph. An array, not a tuple of
-    # floats: every combination's process unpickles the whole grid, and arrays unpickle as one
-    # block of bytes.
-    rounds_s: array
-    floor_s: float  # bytes moved / measured copy bandwidth
-
-    def timing(self) -> dict:
-        """asv's timing result: median, CI, Mann-Whitney and step detection work on it."""
-        return {"samples": list(self.rounds_s), "number": 1}
-
-    def vs_floor(self) -> dict:
-        """Time over the roofline floor, per round (1.0 = at the copy bandwidth)."""
-        return {"samples": [s / self.floor_s for s in self.rounds_s], "number": 1}
-
-
-@dataclass(frozen=True)
-class SuitePoint:
-    """One point of the grid as the benchmark processes see it: plain values only."""
-
-    ops: tuple[OpTiming, ...] = ()
-    skipped: str | None = None  # why the point cannot run here (NaN in asv)
-    failed: str | None = None  # why it ran but gave no number (a failure in asv)
-    device: str = ""
-
-    def op(self, name: str) -> OpTiming:
-        return next(o for o in self.ops if o.op == name)
-
-
-Grid = dict[GridKey, SuitePoint]
-
-
-def _key_text(key: GridKey) -> str:
-    return "|".join(map(str, key))
-
-
-class PackedGrid:
-    """The grid as ``setup_cache`` hands it to asv, which unpickles it again in every combination's
-    process (6336 of them for the nightly grid): its pickle is one ``marshal`` blob of key text ->
-    that point's own pickle, and a lookup decodes only its point. (A 5184-point grid: unpickling and
-    one lookup took 43 ms as a dict of ``SuitePoint``, 0.8 ms packed, on a 2-core CI machine.) Reads like a ``Grid``: ``grid[key]``, ``KeyError`` if absent."""
-
-    def __init__(self, grid: Grid) -> None:
-        self._blob = marshal.dumps({_key_text(k): pickle.dumps(m) for k, m in grid.items()})
-        self._points: dict[str, bytes] | None = None
-
-    def __reduce__(self):
-        return _unpack, (self._blob,)
-
-    def __getitem__(self, key: GridKey) -> SuitePoint:
-        if self._points is None:
-            self._points = marshal.loads(self._blob)
-        return pickle.loads(self._points[_key_text(key)])
-
-
-def _unpack(blob: bytes) -> PackedGrid:
-    packed = PackedGrid.__new__(PackedGrid)
-    packed._blob, packed._points = blob, None
-    return packed
-
-
 def _split(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = env.get(name, "").strip()
     if not raw:
@@ -281,22 +204,6 @@ class SuiteConfig:
     def params_for(self, l2: str) -> list[list]:
         """asv ``params`` of the ``l2`` class, in ``PARAM_NAMES`` order."""
         return [list(self.models_for(l2)), list(self.dtype_modes), list(self.impls), list(self.batch_sizes)]
-
-
-def lookup(grid: Grid | PackedGrid, l2: str, model: str, dtype: str, impl: str, tokens: int) -> SuitePoint:
-    """The point of one asv combination; ``NotImplementedError`` (asv: skipped, NaN) where it
-    cannot run here, ``PointFailed`` where it ran without a trustworthy number."""
-    name = f"{model}/{dtype}/{impl}/T{tokens}/L2 {l2}"
-    try:
-        m = grid[(l2, model, dtype, impl, tokens)]
-    except KeyError:
-        raise PointFailed(f"{name} is not in the measured grid: the MOEBENCH_* variables changed "
-                          "between discovery and setup_cache") from None
-    if m.skipped is not None:
-        raise NotImplementedError(m.skipped)
-    if m.failed is not None:
-        raise PointFailed(f"{name} on {m.device}: {m.failed}")
-    return m
 
 
 def _ray_placement(cfg: SuiteConfig) -> str | None:
