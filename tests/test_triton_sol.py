@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,11 @@ def _compile_for_hopper(fn, sig: dict, consts: dict, aligned: tuple[str, ...]):
 
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
     src = ASTSource(fn=fn, signature={**sig, **{c: "constexpr" for c in consts}}, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    from moebench.impls.triton_sol import LAUNCH_OPTIONS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Triton 3.9's warning that its FP-fusion default flips
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, **LAUNCH_OPTIONS})
 
 
 @needs_triton
@@ -95,6 +100,7 @@ def test_kernels_compile_for_hopper_with_16_byte_vectors():
         rows_ptr="*bf16", inv_ptr="*i32", w_ptr="*fp32", out_ptr="*bf16", n_tokens="i32", hidden="i32"),
         dict(K=8, TOK=1, BH=1024), ("rows_ptr", "out_ptr", "hidden"))
     assert unpermute.asm["ptx"].count("ld.global.v4") == 8
+    assert "fma.rn.f32" in unpermute.asm["ptx"]  # the weighted sum fused, as measured
 
 
 def test_unavailable_names_the_reason(monkeypatch):

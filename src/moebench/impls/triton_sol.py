@@ -59,6 +59,10 @@ from .reference import round_up
 KERNELS_MODULE = "moebench.impls.triton_kernels"
 # Compute capability Triton needs for its float8e4nv conversion (Ada, Hopper and later).
 FP8_MIN_CAPABILITY = (8, 9)
+# Compile options of every launch. Triton's default for fusing a * b + c into one FMA flips to off
+# in 3.10 (3.9 warns): unpermute's fp32 weighted sum was measured and gated with fusion on, so it
+# stays on whatever the installed Triton's default.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ class _TritonRun(Run):
             t * h, n_amax,
             HAS_EMAP=inp.expert_map is not None, ALIGN=self.align or 1, NB=nb, LOG_NB=nb.bit_length() - 1, BS=bs,
             SUB=min(tu.rank_rows, bs), GATHER=self._gather, FP8=self.fp8, AMAX_BLOCK=amax_block,
-            AMAX_ITERS=amax_iters, num_warps=tu.route_warps)
+            AMAX_ITERS=amax_iters, num_warps=tu.route_warps, **LAUNCH_OPTIONS)
 
     def _scatter_launch(self):
         inp, tu, nb = self.inputs, self.tuning, self.nb
@@ -176,7 +180,7 @@ class _TritonRun(Run):
             K=k, TOK=tok, BH=bh, NB=nb, LOG_NB=nb.bit_length() - 1, ROUTE=self.fused,
             HAS_EMAP=inp.expert_map is not None, SP=_pow2(tok * k), HB=min(tu.hist_chunk, _pow2(n)),
             GATHER=self._gather, FP8=self.fp8, SOFT_FP8=self.kern.INTERPRETED, HAS_M=self.m_indices is not None,
-            ALIGN=self.align or 1, FILL=fill, EG=eg, RC=rc, num_warps=tu.copy_warps)
+            ALIGN=self.align or 1, FILL=fill, EG=eg, RC=rc, num_warps=tu.copy_warps, **LAUNCH_OPTIONS)
 
     def _unpermute_launch(self):
         inp, tu = self.inputs, self.tuning
@@ -186,7 +190,7 @@ class _TritonRun(Run):
         grid = (_cdiv(t, tok), _cdiv(h, bh))
         return functools.partial(
             self.kern.unpermute_kernel[grid], self._rows_in, self.inv, self._weights, self.out, t, h,
-            K=inp.topk, TOK=tok, BH=bh, num_warps=tu.unpermute_warps)
+            K=inp.topk, TOK=tok, BH=bh, num_warps=tu.unpermute_warps, **LAUNCH_OPTIONS)
 
     def permute(self) -> None:
         if self._route is not None:
