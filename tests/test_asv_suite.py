@@ -108,6 +108,23 @@ def test_suite_import_loads_no_torch():
     assert out.stdout.split() == ["4", "[]"]
 
 
+def test_setup_cache_that_hands_points_to_a_worker_imports_no_torch(tmp_path):
+    """The suite's setup_cache process, its points measured in a worker (isolation, the GPU
+    default; or Ray workers), imports neither torch (3.6 s on an H200 host) nor transformers once
+    the model's shape is cached (the first run resolves it through transformers, which may pull
+    torch in): the worker does the CUDA work."""
+    code = ("import sys; from moebench import suite; g = suite.setup_grid(suite.SuiteConfig.from_env()); "
+            "print(sum(1 for m in g.values() if m.ops), 'torch' in sys.modules, 'transformers' in sys.modules)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "MOEBENCH_MODELS": "Qwen/Qwen3-30B-A3B",
+           "MOEBENCH_DTYPES": "auto", "MOEBENCH_IMPLS": "reference-custom", "MOEBENCH_BATCH_SIZES": "1,2",
+           "MOEBENCH_L2": "warm", "MOEBENCH_ISOLATE": "on", "MOEBENCH_ROUNDS": "2", "MOEBENCH_REPLAYS": "2"}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    first, second = (r.stdout.splitlines()[-1].split() for r in runs)
+    assert first[0] == "2" and first[2] == "True" and second == ["2", "False", "False"]
+    assert "measured 2 points on cpu: 2 ok" in runs[1].stdout
+
+
 def test_lookup_and_track_values():
     ok = SuitePoint(ops=(OpTiming("permute", array("d", [2e-6, 4e-6]), 1e-6),
                        OpTiming("unpermute", array("d", [3e-6]), 1.5e-6)), device="cpu")
@@ -242,7 +259,9 @@ def test_ray_only_where_it_helps():
 
     assert suite._ray_placement(SuiteConfig(ray="off")) is None
     assert suite._ray_placement(SuiteConfig(ray="ray://head:10001")) == "ray://head:10001"
-    wanted = torch.cuda.device_count() > 1 and __import__("importlib").util.find_spec("ray") is not None
+    from moebench.gpustate import visible_gpus
+
+    wanted = visible_gpus() > 1 and __import__("importlib").util.find_spec("ray") is not None
     assert suite._ray_placement(SuiteConfig(ray="auto")) == (LOCAL_RAY if wanted else None)
 
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .errors import BadInput
+from .gpustate import visible_gpus
 from .grid import Executor, Job
 from .results import PointResult
+
+if TYPE_CHECKING:
+    import torch
 
 LOCAL_RAY = "local"  # Placement.ray: start a Ray cluster on this machine
 
@@ -44,6 +46,8 @@ class Placement:
 
 def resolve_device(name: str | None) -> torch.device:
     """``name`` as a device moebench can time on (BadInput otherwise); None: cuda if available."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -63,7 +67,11 @@ class LocalExecutor:
 
     def __init__(self, runner) -> None:
         self.runner = runner
-        self.device = runner.device
+        self.device_type = runner.device_type
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
 
     @property
     def recoveries(self) -> list:
@@ -77,7 +85,7 @@ class LocalExecutor:
             on_result(i, self.runner.run(point, timer))
 
     def describe(self) -> str:
-        return str(self.device)
+        return self.runner.device_spec
 
     def meta(self) -> dict:
         out: dict = {"ceiling": asdict(self.runner.ceiling)}
@@ -106,21 +114,26 @@ def open_executor(placement: Placement, console=None) -> Iterator[Executor]:
         return
     if placement.workers is not None:
         raise BadInput("--ray-workers needs --ray or --ray-address")
-    device = resolve_device(placement.device)
     isolate = placement.isolate
-    if isolate is None:
-        isolate = device.type == "cuda" or placement.point_timeout_s is not None
-    elif not isolate and placement.point_timeout_s is not None:
+    if isolate is False and placement.point_timeout_s is not None:
         raise BadInput("a point timeout needs the worker process to kill: drop --no-isolate "
                        "(or MOEBENCH_ISOLATE=off)")
+    # torch names the device where this process measures, or where it was told one; a process
+    # that only hands points to a worker leaves the choice to the worker and never imports torch
+    # (NVML's count says whether to isolate).
+    device = resolve_device(placement.device) if placement.device is not None or isolate is False else None
+    if isolate is None:
+        on_cuda = device.type == "cuda" if device is not None else visible_gpus() > 0
+        isolate = on_cuda or placement.point_timeout_s is not None
     if isolate:
         from .isolate import IsolatedRunner, WorkerSetup
 
-        setup = WorkerSetup(str(device), placement.vllm_ops_library, placement.vllm_module,
-                            registry=placement.registry)
+        setup = WorkerSetup(None if device is None else str(device), placement.vllm_ops_library,
+                            placement.vllm_module, registry=placement.registry)
         with IsolatedRunner(setup, placement.point_timeout_s) as runner:
             yield LocalExecutor(runner)
         return
     from .isolate import device_runner
 
+    device = device if device is not None else resolve_device(None)
     yield LocalExecutor(device_runner(device, placement.vllm_ops_library, placement.vllm_module, placement.registry))

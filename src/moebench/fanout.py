@@ -44,18 +44,18 @@ from collections import deque
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
-
+from .axes import TimerConfig, clock_name
 from .errors import BadInput, describe
 from .grid import Job
 from .isolate import FRESH, Recovery, device_runner, run_and_judge, unusable_reason, watchdog_reason, watchdog_s
 from .raycluster import Cluster, ray_module
 from .results import FAILED, Point, PointResult
-from .roofline import Ceiling, device_name
-from .timing import TimerConfig, clock_name
 
 if TYPE_CHECKING:
+    import torch
+
     from .executors import Placement
+    from .roofline import Ceiling
 
 MAX_ATTEMPTS = 2  # tries of one point on different workers before it is reported lost
 START_TIMEOUT_S = 300.0  # workers waiting for a free GPU, importing torch, measuring the ceiling
@@ -89,6 +89,8 @@ class _Actor:
 
     def __init__(self, vllm_ops_library: str | None, vllm_module: str | None, use_gpu: bool,
                  registry: Callable[..., dict] | None = None) -> None:
+        import torch
+
         if use_gpu and not torch.cuda.is_available():
             raise RuntimeError(f"Ray gave this worker GPU(s) {os.environ.get('CUDA_VISIBLE_DEVICES')} "
                                "but torch sees no CUDA device")
@@ -97,6 +99,8 @@ class _Actor:
 
     def info(self) -> WorkerInfo:
         import ray
+
+        from .roofline import device_name
 
         r = self.runner
         return WorkerInfo(node=socket.gethostname(), device=device_name(r.device), pid=os.getpid(),
@@ -130,14 +134,14 @@ class Pool:
         ray = ray_module()
         t0 = time.monotonic()
         self.cluster = cluster
-        self.device = torch.device(cluster.device_type)
+        self.device_type = cluster.device_type
         self._console = console
         self._handles: list[Any] = []
         self.deaths: list[Death] = []
         self.ran_on: dict[str, int] = {}  # point key -> index of the worker that measured it
         self.recoveries: list[Recovery] = []  # workers replaced after a fault, a death or a hang
         self.point_timeout_s = placement.point_timeout_s
-        self._clock = clock_name(self.device)
+        self._clock = clock_name(self.device_type)
         try:
             count = cluster.worker_count(placement.workers)
             use_gpu = bool(cluster.gpus)
@@ -153,6 +157,12 @@ class Pool:
         self.workers = [w.info for w in self._live]
         self.startup_s = time.monotonic() - t0
         self.sweep_s = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device_type)
 
     def _note(self, text: str) -> None:
         if self._console is not None:

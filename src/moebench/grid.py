@@ -6,23 +6,24 @@ evidence tools run jobs: it hands them to an executor (``moebench.executors``: t
 device, in this process or an isolated worker, or a Ray pool), keeps what ``--resume`` found,
 rewrites the results file in grid order after every point, and shows progress. It never decides
 where points run, and an executor never touches files, so every front end saves, resumes and
-reports the same way.
+reports the same way. Torch-free: the process that only hands points to workers never imports it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
-import torch
-
-from .axes import BATCH_SIZES, TimerConfig
+from .axes import BATCH_SIZES, ExpertParallel, TimerConfig
 from .errors import BadInput
-from .models import MoEShape
-from .quant import act_dtype, fp8_dtype
+from .models import ACTIVATION_BYTES, MoEShape
 from .results import FAILED, Point, PointResult, ResultsFile, load
-from .routing import ExpertParallel
+
+if TYPE_CHECKING:
+    import torch
+
+FP8_BYTES = 1  # an e4m3 element
 
 Job = tuple[Point, TimerConfig]
 
@@ -56,8 +57,7 @@ class SweepSpec:
 def validate_row_bytes(shape: MoEShape, dtype_modes: Iterable[str]) -> None:
     """vLLM's kernels move rows in 16-byte vectors: reject shapes they cannot take."""
     for mode in dtype_modes:
-        dt = fp8_dtype() if mode == "fp8_w8a8" and fp8_dtype() else act_dtype(shape.dtype)
-        elt = torch.empty((), dtype=dt).element_size()
+        elt = FP8_BYTES if mode == "fp8_w8a8" else ACTIVATION_BYTES[shape.dtype]
         if shape.hidden_size * elt % 16:
             raise BadInput(f"hidden size {shape.hidden_size} x {elt}-byte {mode} elements is not a "
                            "multiple of 16 bytes, which the permute kernels require")
@@ -113,8 +113,12 @@ def progress_bar(console):
 class Executor(Protocol):
     """Where jobs run (``moebench.executors``)."""
 
-    device: torch.device  # its type decides the timer's defaults (calls per graph, clock)
+    device_type: str  # "cuda" or "cpu", known without torch: decides the timer's defaults
     recoveries: list  # isolate.Recovery: workers replaced after a fault, a crash or a hang
+
+    @property
+    def device(self) -> torch.device:
+        """The device as torch names it (imports torch: for callers that check implementations)."""
 
     def run(self, jobs: Sequence[Job], on_result: Callable[[int, PointResult], None],
             on_start: Callable[[int], None] | None = None) -> None:

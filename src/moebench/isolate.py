@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from . import axes
 from .axes import TimerConfig
 from .errors import describe, one_line
 from .results import FAILED, Point, PointResult
@@ -66,7 +67,7 @@ class WorkerSetup:
     """What a worker needs to set itself up; picklable. ``registry`` builds the implementations
     in the worker (a module-level function), default ``impls.implementations``."""
 
-    device: str
+    device: str | None  # None: the worker's choice, cuda if its torch sees one, else cpu
     vllm_ops_library: str | None = None
     vllm_module: str | None = None
     ceiling: Any = None  # roofline.Ceiling, measured by the first worker when None
@@ -135,9 +136,9 @@ def _worker(conn, setup: WorkerSetup) -> None:
 
     # Ctrl-C reaches the whole process group: the parent stops the sweep and kills this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    device = torch.device(setup.device)
+    device = torch.device(setup.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     runner = device_runner(device, setup.vllm_ops_library, setup.vllm_module, setup.registry, setup.ceiling)
-    conn.send(("ready", runner.ceiling, device_name(device), clock_name(device)))
+    conn.send(("ready", runner.ceiling, device_name(device), clock_name(device), str(device)))
     while True:
         job = conn.recv()
         if job is None:
@@ -180,6 +181,16 @@ class IsolatedRunner:
         self.device_name = self.clock = ""
 
     @property
+    def device_spec(self) -> str:
+        """The worker's device as torch names it ("cuda", "cuda:1", "cpu"), known once it has
+        started, without torch in this process."""
+        return self.setup.device or "auto"
+
+    @property
+    def device_type(self) -> str:
+        return axes.device_type(self.device_spec)
+
+    @property
     def device(self):
         import torch
 
@@ -196,7 +207,8 @@ class IsolatedRunner:
             self._stop(kill=True)
             raise RuntimeError(f"the measuring worker did not start within {START_TIMEOUT_S:.0f} s")
         try:
-            _, self.ceiling, self.device_name, self.clock = parent.recv()
+            _, self.ceiling, self.device_name, self.clock, device = parent.recv()
+            self.setup = replace(self.setup, device=device)  # a fresh worker gets the same device
         except EOFError:
             self._process.join(timeout=5)
             why = _death(self._process)

@@ -45,6 +45,27 @@ MODULE_NAME = "moe_permute_unpermute.py"
 MODULE_MEMBER = f"vllm/model_executor/layers/fused_moe/{MODULE_NAME}"
 VERSION_MEMBER = "vllm/_version.py"
 
+# ELF, then Mach-O (32/64-bit, both byte orders, universal): what a loadable extension starts with.
+LIBRARY_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
+                 b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
+
+
+def check_library_path(path: str) -> None:
+    """BadInput unless ``path`` is a readable shared library (whether it loads is asked later)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise BadInput(f"--vllm-ops-library {path}: no such file")
+    if not p.is_file():
+        raise BadInput(f"--vllm-ops-library {path}: not a file")
+    try:
+        with p.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise BadInput(f"--vllm-ops-library {path}: cannot read it ({exc.strerror or exc})") from None
+    if head not in LIBRARY_MAGIC:
+        raise BadInput(f"--vllm-ops-library {path}: not a shared library "
+                       "(expected a _moe_C*.so built from vLLM's csrc)")
+
 
 @dataclass(frozen=True)
 class KernelDir:

@@ -53,7 +53,8 @@ HIDDEN_FIELDS = ("hidden_size", "d_model", "n_embd", "dim")
 
 
 # Activation dtypes a config may name (torch's floating names; the kernels take the first three).
-ACTIVATION_DTYPES = ("bfloat16", "float16", "float32")
+ACTIVATION_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}  # bytes of one element
+ACTIVATION_DTYPES = tuple(ACTIVATION_BYTES)
 
 
 @dataclass(frozen=True)

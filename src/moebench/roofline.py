@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from .axes import TimerConfig
 from .files import atomic_write, cache_dir
-from .timing import TimerConfig, measure
+
+if TYPE_CHECKING:  # torch only where a ceiling is measured: a Ceiling unpickles without it
+    import torch
 
 COPY_BYTES = 1 << 30  # large enough to defeat any cache (H200 L2 is 60 MiB)
 CPU_COPY_BYTES = 256 << 20
@@ -73,6 +75,10 @@ def _triton_copy():
 
 def measure_ceiling(device: torch.device) -> Ceiling:
     """Stream a buffer far larger than any cache and time it like any other op."""
+    import torch
+
+    from .timing import measure
+
     name = device_name(device)
     nbytes = COPY_BYTES if device.type == "cuda" else CPU_COPY_BYTES
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
@@ -89,6 +95,8 @@ def measure_ceiling(device: torch.device) -> Ceiling:
 
 
 def device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform

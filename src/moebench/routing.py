@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .axes import ROUTINGS
+from .axes import ROUTINGS, ExpertParallel
 from .errors import BadInput
 
 # Skewed routing: this share of experts (at least one) gets a logit bonus large enough that they
@@ -25,37 +25,6 @@ HOT_EXPERT_BONUS = 2.5
 # points of one shape at one T differ only in dtype mode and implementation, and drawing T x H
 # normals on the host took ~200 ms at T=4096 on an H200's host, longer than timing the point.
 DRAWS_CACHE_BYTES = 1 << 30
-
-
-@dataclass(frozen=True)
-class ExpertParallel:
-    """Which shard of the experts this rank owns."""
-
-    size: int = 1
-    rank: int = 0
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise BadInput(f"--ep-size must be >= 1, got {self.size}")
-        if not 0 <= self.rank < self.size:
-            raise BadInput(f"--ep-rank must be in [0, --ep-size={self.size}), got {self.rank}")
-
-    def local_range(self, num_experts: int) -> range:
-        """Global expert ids of this rank: contiguous, the first ranks take the remainder."""
-        if self.size > num_experts:
-            raise BadInput(f"--ep-size {self.size} exceeds the model's {num_experts} experts")
-        base, extra = divmod(num_experts, self.size)
-        start = self.rank * base + min(self.rank, extra)
-        return range(start, start + base + (1 if self.rank < extra else 0))
-
-    def expert_map(self, num_experts: int) -> torch.Tensor | None:
-        """int32 [num_experts]: local id, or -1 for experts of other ranks. None without EP."""
-        if self.size == 1:
-            return None
-        local = self.local_range(num_experts)
-        emap = torch.full((num_experts,), -1, dtype=torch.int32)
-        emap[local.start : local.stop] = torch.arange(len(local), dtype=torch.int32)
-        return emap
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,14 @@ class DeviceRunner:
         self.nvml = Nvml()
         self._primed: set[tuple[str, str]] = set()
 
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    @property
+    def device_spec(self) -> str:
+        return str(self.device)
+
     def run(self, point: Point, timer: TimerConfig) -> PointResult:
         impl = self.registry[point.impl]
         if self.device.type == "cuda" and (point.impl, point.dtype_mode) not in self._primed:

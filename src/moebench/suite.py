@@ -209,17 +209,16 @@ class SuiteConfig:
 def _ray_placement(cfg: SuiteConfig) -> str | None:
     """``Placement.ray`` for ``MOEBENCH_RAY``: auto is a Ray cluster started here when Ray is
     installed and more than one GPU is visible, this machine's device otherwise."""
+    import importlib.util
+
     from .executors import LOCAL_RAY
+    from .gpustate import visible_gpus
 
     if cfg.ray == "off":
         return None
     if cfg.ray != "auto":
         return cfg.ray
-    import importlib.util
-
-    import torch
-
-    return LOCAL_RAY if importlib.util.find_spec("ray") is not None and torch.cuda.device_count() > 1 else None
+    return LOCAL_RAY if importlib.util.find_spec("ray") is not None and visible_gpus() > 1 else None
 
 
 def registry_factory(spec: str | None):
@@ -258,11 +257,10 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     started = time.perf_counter()
     from .executors import Placement, open_executor
     from .grid import SweepSpec, run_grid, validate_row_bytes
-    from .impls.vllm import check_library_path
-    from .kernelwheel import installed
+    from .kernelwheel import check_library_path, installed
     from .models import resolve
     from .results import FAILED, SKIPPED, gpu_state_errors
-    from .timing import TimerConfig, default_calls_per_graph
+    from .axes import TimerConfig, default_calls_per_graph
 
     def say(line: str) -> None:
         print(f"moebench: {line}", flush=True)
@@ -302,7 +300,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     # One executor for both L2 modes: Ray and its workers (or the isolated worker) start once.
     opened = time.perf_counter()
     with open_executor(placement) as executor:
-        device, ready = executor.device, time.perf_counter()  # workers started, ceiling known
+        device, ready = executor.device_type, time.perf_counter()  # workers started, ceiling known
 
         def timer(l2: str) -> TimerConfig:
             calls = cfg.calls_per_graph or default_calls_per_graph(device, l2)

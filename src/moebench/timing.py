@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .axes import HOLD_S, L2_MODES, MAX_HOLD_S, TimerConfig  # noqa: F401  (their home: axes)
+from .axes import HOLD_S, L2_MODES, MAX_HOLD_S, TimerConfig, clock_name, default_calls_per_graph  # noqa: F401  (their home: axes)
 from .errors import one_line
 
 CPU_FLUSH_BYTES = 64 << 20
@@ -172,18 +172,6 @@ def time_host(fn: Callable[[], None], device: torch.device, cfg: TimerConfig) ->
         if len(samples) >= cfg.min_replays and time.perf_counter() > budget_end:
             break
     return samples
-
-
-def default_calls_per_graph(device: torch.device, l2: str) -> int:
-    """10 calls per CUDA graph amortise the graph launch (warm L2, the seed's recipe). Cold L2
-    flushes before each replay, so only a graph's first call would see a cold cache: one call.
-    The host timer needs no amortising: one call."""
-    return 10 if device.type == "cuda" and l2 == "warm" else 1
-
-
-def clock_name(device: torch.device) -> str:
-    """The label every result carries: how its samples were taken."""
-    return "cuda-graph" if device.type == "cuda" else "cpu"
 
 
 def measure(fn: Callable[[], None], device: torch.device, cfg: TimerConfig) -> list[float]:

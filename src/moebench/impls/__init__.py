@@ -18,7 +18,8 @@ def implementations(vllm_ops_library: str | None = None, vllm_module: str | None
     """Every implementation by name, in ``ALL`` order (vLLM's from ``vllm_ops_library`` and
     ``vllm_module`` where given: ``impls.vllm``). A ``vllm_ops_library`` that is missing or not a
     shared library is BadInput here, so every front end rejects it the same way."""
-    from .vllm import check_library_path, vllm_implementations
+    from ..kernelwheel import check_library_path
+    from .vllm import vllm_implementations
 
     if vllm_ops_library:
         check_library_path(vllm_ops_library)

@@ -18,15 +18,12 @@ from typing import Any, Callable
 import torch
 
 from ...errors import BadInput, describe
-from ...kernelwheel import file_sha256
+from ...kernelwheel import check_library_path, file_sha256  # noqa: F401  (check_library_path: its home is kernelwheel)
 
 MODULE_ENV = "MOEBENCH_VLLM_MODULE"
 NOT_VLLM = "registers no _moe_C::moe_permute"  # a library that loads but is not vLLM's kernels
 API_MODULE = "vllm.model_executor.layers.fused_moe.moe_permute_unpermute"
 UTILS_MODULE = "vllm.model_executor.layers.fused_moe.utils"
-# ELF, then Mach-O (32/64-bit, both byte orders, universal): what a loadable extension starts with.
-LIBRARY_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
-                 b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
 
 
 class Unavailable(Exception):
@@ -78,23 +75,6 @@ class Source:
     def python(self) -> PythonApi:
         self.kernels()
         return self._get("python")
-
-
-def check_library_path(path: str) -> None:
-    """BadInput unless ``path`` is a readable shared library (whether it loads is asked later)."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise BadInput(f"--vllm-ops-library {path}: no such file")
-    if not p.is_file():
-        raise BadInput(f"--vllm-ops-library {path}: not a file")
-    try:
-        with p.open("rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise BadInput(f"--vllm-ops-library {path}: cannot read it ({exc.strerror or exc})") from None
-    if head not in LIBRARY_MAGIC:
-        raise BadInput(f"--vllm-ops-library {path}: not a shared library "
-                       "(expected a _moe_C*.so built from vLLM's csrc)")
 
 
 def _has_op(ops: Any, name: str) -> bool:
