@@ -149,3 +149,43 @@ def test_a_cuda_errors_reason_is_the_error_not_torchs_advice():
     assert one_line(seen_on_an_h200) == "CUDA error: an illegal memory access was encountered"
     assert is_sticky(one_line(seen_on_an_h200))
     assert one_line(ValueError("a  plain\nmessage")) == "a plain message"
+
+
+def test_visible_gpus_is_nvmls_count_cut_to_cuda_visible_devices(monkeypatch):
+    """How many GPUs this process may use, asked without torch: NVML's count, cut to
+    CUDA_VISIBLE_DEVICES (up to its first invalid entry, as CUDA reads it); 0 without NVML."""
+    import sys
+    import types
+
+    from moebench.gpustate import visible_gpus
+
+    monkeypatch.setitem(sys.modules, "pynvml", types.SimpleNamespace(nvmlInit=lambda: None,
+                                                                     nvmlDeviceGetCount=lambda: 4))
+    for value, want in ((None, 4), ("0,1", 2), ("3", 1), ("", 0), ("-1", 0), ("1,-1,2", 1), ("0,1,2,3,4,5", 4)):
+        if value is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert visible_gpus() == want, value
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML library: no GPU this process could use
+    assert visible_gpus() == 0
+
+
+def test_the_worker_picks_the_device_when_nvml_sees_a_gpu_torch_cannot_use(monkeypatch):
+    """Without --device, a process that hands points to a worker decides to isolate from NVML's
+    count alone; the worker picks the device with its own torch. NVML seeing a GPU that this torch
+    cannot use (a CPU build) therefore still measures, isolated, on the CPU — as before, not an error."""
+    from moebench import executors
+    from moebench.executors import Placement, open_executor
+    from moebench.grid import run_grid
+
+    monkeypatch.setattr(executors, "visible_gpus", lambda: 1)
+    points = SweepSpec(resolve("Qwen/Qwen3-30B-A3B"), ("auto",), ("reference-custom",), batch_sizes=(1, 2)).points()
+    with open_executor(Placement()) as executor:
+        assert isinstance(executor.runner, IsolatedRunner)
+        results = run_grid([(p, TimerConfig(calls_per_graph=1, replays=2, rounds=2)) for p in points], executor)
+        assert (executor.device_type, executor.describe(), str(executor.device)) == ("cpu", "cpu", "cpu")
+    assert [r.status for r in results] == [OK, OK] and all(r.device.startswith("cpu") for r in results)
+    monkeypatch.setattr(executors, "visible_gpus", lambda: 0)
+    with open_executor(Placement()) as executor:  # no GPU anywhere: measured in this process
+        assert not isinstance(executor.runner, IsolatedRunner) and executor.device_type == "cpu"
