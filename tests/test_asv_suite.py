@@ -93,6 +93,7 @@ def test_config_from_env():
     ("MOEBENCH_L2", "hot", "unknown hot"),
     ("MOEBENCH_RAY_WORKERS", "0", "must be > 0"),
     ("MOEBENCH_COLD_MODELS", "org/elsewhere", "org/elsewhere is not in MOEBENCH_MODELS"),
+    ("MOEBENCH_SETUP_LOG", "/no/such/folder/setup.log", "no folder /no/such/folder"),
 ])
 def test_config_rejects(name, value, message):
     with pytest.raises(BadInput, match=f"{name}.*{message}"):
@@ -225,6 +226,16 @@ def test_cold_l2_for_some_models_only(tmp_path):
     assert suite_scaling._parts(report) == {"where": ANY, "points": 6, "suite_s": ANY, "imports_and_models_s": ANY,
                                             "executor_start_s": ANY, "points_s": ANY, "executor_stop_s": ANY}
     assert "measured 6 points on cpu" in report and ": 6 ok, 0 skipped, 0 failed, " in report
+
+
+def test_a_setup_log_that_cannot_be_written_costs_no_point(tmp_path, capsys):
+    """The report is a copy: if MOEBENCH_SETUP_LOG cannot be appended to (here: it is a folder),
+    setup_cache says so and still returns every point it measured."""
+    cfg = SuiteConfig(models=(model_dir(tmp_path, "m"),), dtype_modes=("auto",), impls=("reference-custom",),
+                      batch_sizes=(1,), l2_modes=("warm",), replays=2, rounds=2, ray="off", setup_log=str(tmp_path))
+    grid = suite.setup_grid(cfg)
+    assert [len(m.ops) for k, m in grid.items() if k[0] == "warm"] == [2]
+    assert "cannot append to MOEBENCH_SETUP_LOG" in capsys.readouterr().out
 
 
 def _verdicts(grid):

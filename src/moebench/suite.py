@@ -127,6 +127,13 @@ def _seconds(name: str, text: str) -> float:
         raise BadInput(f"{name}: {exc}") from None
 
 
+def _setup_log(path: str | None) -> str | None:
+    """MOEBENCH_SETUP_LOG, refused at once if its folder does not exist (not after the grid)."""
+    if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise BadInput(f"MOEBENCH_SETUP_LOG={path}: no folder {os.path.dirname(os.path.abspath(path))}")
+    return path
+
+
 def _positive(name: str, text: str) -> int:
     try:
         return positive_int(text)
@@ -183,7 +190,7 @@ class SuiteConfig:
             point_timeout_s=_seconds("MOEBENCH_POINT_TIMEOUT", timeout) if (timeout := env.get(
                 "MOEBENCH_POINT_TIMEOUT", "").strip()) else None,
             registry=env.get("MOEBENCH_REGISTRY", "").strip() or None,
-            setup_log=env.get("MOEBENCH_SETUP_LOG", "").strip() or None,
+            setup_log=_setup_log(env.get("MOEBENCH_SETUP_LOG", "").strip() or None),
         )
 
     def __post_init__(self) -> None:
@@ -265,8 +272,11 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     def say(line: str) -> None:
         print(f"moebench: {line}", flush=True)
         if cfg.setup_log:
-            with open(cfg.setup_log, "a", encoding="utf-8") as log:
-                log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            try:
+                with open(cfg.setup_log, "a", encoding="utf-8") as log:
+                    log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+            except OSError as exc:  # the report is a copy: never lose the grid over it
+                print(f"moebench: cannot append to MOEBENCH_SETUP_LOG ({exc})", flush=True)
 
     if cfg.vllm_ops_library:
         check_library_path(cfg.vllm_ops_library)
