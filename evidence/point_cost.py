@@ -76,7 +76,7 @@ def _instrumented(phases: Phases, registry):
     """Wrap the phases run_point goes through (module attributes it looked up at import)."""
     saved = [(runpoint, n, getattr(runpoint, n)) for n in ("make_inputs", "_gate", "measure", "run_point")]
     saved += [(MoEInputs, "copy", MoEInputs.copy), (Nvml, "read", Nvml.read),
-              (torch.cuda, "empty_cache", torch.cuda.empty_cache), (timing, "_sleep_cycles_per_s", timing._sleep_cycles_per_s)]
+              (torch.cuda, "empty_cache", torch.cuda.empty_cache)]
     saved += [(impl, "prepare", impl.prepare) for impl in registry.values()]
     phases.wrap(runpoint, "make_inputs", "inputs")
     phases.wrap(runpoint, "_gate", "gate")
