@@ -334,3 +334,35 @@ def test_a_level_the_baseline_runs_wandered_through_is_not_a_change():
     cand = asvresults.Measurement("new", 0, tuple(rng.gauss(1.04, 0.001) for _ in range(5)))
     assert alerts.compare(base, cand, 0.03, 1e-3) is None
     assert alerts.compare([m for m in base if m.commit != "b2"], cand, 0.03, 1e-3).direction == alerts.SLOWER
+
+
+def _series(impl: str, step_at: int | None, machine: str = "h200", n: int = 12) -> asvresults.Series:
+    params = (("model", "'m'"), ("dtype", "'auto'"), ("impl", repr(impl)), ("tokens", "1"))
+    rng = random.Random(f"{impl}{step_at}")
+    ms = tuple(asvresults.Measurement(f"c{i:02d}", 1_000 * i, tuple(
+        rng.gauss(1e-5 * (1.2 if step_at is not None and i >= step_at else 1.0), 1e-8) for _ in range(5)))
+        for i in range(n))
+    return asvresults.Series(machine, "env", "moe.WarmL2.track_permute", 0, params, "seconds", ms)
+
+
+def test_a_regression_says_what_its_control_did_at_the_same_commit():
+    """triton-sol (moebench's own code) beside vllm-ops of the same shape: slower at the same
+    commit too -> likely the machine; flat -> the commit's. A control's own step is reported
+    without a control, and a vLLM series without a measured control gets none."""
+    def run(*series):
+        report = alerts.analyse(list(series), html=None, examine=lambda h: {m.commit for m in h}, threshold=0.05,
+                                overrides={}, alpha=0.01, window=5)
+        return {(alerts.report._impl(f.series), f.series.machine): f for f in report.regressions}
+
+    machine = run(_series("vllm-ops", 8), _series("triton-sol", 8))
+    ctl = machine[("vllm-ops", "h200")].control
+    assert ctl["impl"] == "triton-sol" and ctl["slower"] and ctl["ratio"] == pytest.approx(1.2, rel=0.01)
+    assert machine[("triton-sol", "h200")].control is None
+    assert "likely the machine, not this commit" in alerts.finding_markdown(machine[("vllm-ops", "h200")],
+                                                                             alerts.Links(None, None))
+    commit = run(_series("vllm-ops", 8), _series("triton-sol", None), _series("vllm-ops", 8, machine="other"))
+    ctl = commit[("vllm-ops", "h200")].control
+    assert ctl["impl"] == "triton-sol" and not ctl["slower"] and ctl["ratio"] == pytest.approx(1.0, abs=0.01)
+    assert commit[("vllm-ops", "other")].control is None  # no control measured on that machine
+    as_json = alerts.as_json(alerts.Report(list(commit.values()), [], [], [], 1, {}, [], []), alerts.Links(None, None))
+    assert as_json["regressions"][0]["control"]["slower"] is False

@@ -20,6 +20,9 @@ DTYPE_MODES = ("auto", "fp8_w8a8", "int8_w8a16")
 STANDARD_PATH = ("reference-standard", "vllm-standard")
 CUSTOM_PATH = ("reference-custom", "vllm-custom", "vllm-custom-scratch", "vllm-ops", "triton-sol")
 IMPLS = STANDARD_PATH + CUSTOM_PATH
+# moebench's own code, which no vLLM commit changes: beside a vLLM series of the same shape, a step
+# in one of these at the same commit is the machine (clocks, driver, a neighbour), not the commit.
+CONTROL_IMPLS = ("triton-sol", "reference-custom", "reference-standard")
 BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 OPS = ("permute", "unpermute")
 L2_MODES = ("warm", "cold")

@@ -38,6 +38,12 @@ asv's own step detection (``regressions.json`` from ``asv publish``, when ``--ht
 is read as a second opinion: each alert says whether asv saw a step there, and steps asv reports
 at examined commits that the sample test did not confirm are listed, without alerting.
 
+Controls. Each alert of a vLLM series says what the control series of the same benchmark, shape,
+dtype, batch size and machine did at that commit (``axes.CONTROL_IMPLS``: triton-sol, then the torch
+references; moebench's own code, which no vLLM commit changes): its median over its baseline's,
+and whether it stepped slower too — then the machine moved (clocks, driver, a neighbour), not the
+commit. The alert stands either way; the note is for whoever triages it.
+
 Output: markdown (stdout or ``--markdown``) and JSON (``--json``), including one issue title/body
 per benchmark and machine for the workflow that files issues. Exit 1 when there are regressions,
 0 when none, 2 on bad input (a missing or corrupt results file is named, never skipped).

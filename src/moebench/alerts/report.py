@@ -4,13 +4,16 @@ per benchmark and machine, JSON.
 
 from __future__ import annotations
 
+import ast
 import re
-from dataclasses import asdict, dataclass
+import statistics
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 from urllib.parse import quote
 
 
-from ..asvresults import Series, scaled
+from ..asvresults import Measurement, Series, scaled
+from ..axes import CONTROL_IMPLS
 from ..errors import BadInput
 
 from .detect import ISSUE_LABEL, LOOKBACK, SLOWER, Change, Html, Interval, detect, ordered, threshold_for
@@ -48,6 +51,9 @@ class Finding:
     series: Series
     change: Change
     asv_step: dict | None = None
+    # what the control series (``axes.CONTROL_IMPLS``: same benchmark, shape, dtype, T, L2 and
+    # machine) did at the same commit: {"impl", "ratio", "slower"}; None where none was measured
+    control: dict | None = None
 
     @property
     def before_commit(self) -> str:
@@ -67,7 +73,7 @@ class Finding:
             "commit_range": {"from": self.before_commit, "to": c.commit,
                              "compare_url": links.compare(self.before_commit, c.commit)},
             "dashboard_url": links.dashboard(s, self.before_commit, c.commit),
-            "asv_find": self.asv_find(), "asv_step_detection": self.asv_step,
+            "asv_find": self.asv_find(), "asv_step_detection": self.asv_step, "control": self.control,
         }
 
 
@@ -106,6 +112,12 @@ def finding_markdown(f: Finding, links: Links) -> str:
         lines.append(f"- dashboard: {dash}")
     if f.asv_step is not None:
         lines.append(f"- asv step detection: {f.asv_step['summary']}")
+    if f.control is not None:
+        ctl = f.control
+        verdict = ("slower too: **likely the machine, not this commit**" if ctl["slower"]
+                   else "no step: the change is this commit's")
+        lines.append(f"- control `{ctl['impl']}` (same shape, moebench's own code) at this commit: "
+                     f"×{ctl['ratio']:.3f}, {verdict}")
     lines += [f"- bisect: `{f.asv_find()}`", ""]
     return "\n".join(lines)
 
@@ -137,6 +149,33 @@ def _step_at(steps: list[dict], commit: str, unit: str) -> dict:
             return {**st, "agrees": True,
                     "summary": f"agrees: step at {span}, {_value(st['before'], unit)} → {_value(st['after'], unit)}"}
     return {"agrees": False, "summary": "no step reported at this commit"}
+
+
+# ---------------------------------------------------------------- controls
+
+
+def _impl(s: Series) -> str | None:
+    value = dict(s.params).get("impl")
+    return None if value is None else ast.literal_eval(value)
+
+
+def _shape_key(s: Series) -> tuple:
+    """What a series and its controls share: everything but the implementation."""
+    return (s.benchmark, s.machine, s.env, tuple(p for p in s.params if p[0] != "impl"))
+
+
+def _control(commit: str, controls: list[tuple[Series, tuple[Measurement, ...], set[str]]],
+             window: int) -> dict | None:
+    """The first control series measured at ``commit``: its median there over the median of up to
+    ``window`` commits before, and whether detection found it slower there."""
+    for s, history, slower_at in controls:
+        at = next((i for i, m in enumerate(history) if m.commit == commit), None)
+        if not at:  # not measured at this commit, or nothing before it
+            continue
+        before = [x for m in history[max(0, at - window):at] for x in m.samples]
+        return {"impl": _impl(s), "ratio": statistics.median(history[at].samples) / statistics.median(before),
+                "slower": commit in slower_at}
+    return None
 
 
 # ---------------------------------------------------------------- the command
@@ -173,11 +212,15 @@ def analyse(series: Sequence[Series], *, html: Html | None, examine, threshold: 
                        f"has {unchecked[0]['reason']}")
     per_test = alpha / max(comparisons, 1)
     regressions, improvements, asv_only = [], [], []
+    controls: dict[tuple, list] = {}  # shape key -> [(control series, its history, commits it slowed at)]
     examined = sorted({c for _, _, t in plans for c in t})
     for s, history, targets in plans:
         first = next((i for i, m in enumerate(history) if m.commit in targets), len(history))
         history = history[max(0, first - LOOKBACK * window):]
         changes = detect(history, threshold_for(s.entry, threshold, overrides), per_test, window)
+        if _impl(s) in CONTROL_IMPLS:
+            controls.setdefault(_shape_key(s), []).append(
+                (s, history, {c.commit for c in changes if c.direction == SLOWER}))
         steps = asv_steps(html, s) if html else []
         found = set()
         for ch in changes:
@@ -190,6 +233,9 @@ def analyse(series: Sequence[Series], *, html: Html | None, examine, threshold: 
                 improvements.append(Finding(s, ch))
         asv_only += [{"entry": s.entry, "machine": s.machine, **st} for st in steps
                      if st["to"] in targets and st["to"] not in found]
+    controls = {k: sorted(v, key=lambda c: CONTROL_IMPLS.index(_impl(c[0]))) for k, v in controls.items()}
+    regressions = [replace(f, control=_control(f.change.commit, controls.get(_shape_key(f.series), []), window))
+                   if _impl(f.series) not in CONTROL_IMPLS else f for f in regressions]
     settings = {"threshold": threshold, "threshold_overrides": overrides, "alpha": alpha,
                 "alpha_per_test": per_test, "window": window,
                 "order": "asv branch order (index.json)" if html else "commit date"}
