@@ -49,7 +49,7 @@ from .errors import BadInput, describe
 from .grid import Job
 from .isolate import FRESH, Recovery, device_runner, run_and_judge, unusable_reason, watchdog_reason, watchdog_s
 from .raycluster import Cluster, ray_module
-from .results import FAILED, Point, PointResult
+from .results import Point, PointResult
 
 if TYPE_CHECKING:
     import torch
@@ -201,8 +201,8 @@ class Pool:
         return [replace(w, info=replace(w.info, ceiling=best[w.info.device])) for w in live]
 
     def _failed(self, point: Point, timer: TimerConfig, device: str, node: str, reason: str) -> PointResult:
-        return PointResult(point=point, status=FAILED, device=device, clock=self._clock, reason=reason,
-                           calls_per_graph=timer.calls_per_graph, node=node)
+        return PointResult.failure(point, reason, device=device, clock=self._clock,
+                                   calls_per_graph=timer.calls_per_graph, node=node)
 
     def _lost(self, point: Point, timer: TimerConfig, death: Death, detail: str) -> PointResult:
         return self._failed(point, timer, death.device, death.node,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -121,8 +122,9 @@ def run_and_judge(runner, point: Point, timer: TimerConfig) -> tuple[PointResult
     try:
         result = runner.run(point, timer)
     except Exception as exc:
-        result = PointResult(point=point, status=FAILED, device=device_name(runner.device),
-                             clock=clock_name(runner.device), reason=describe(exc))
+        result = PointResult.failure(point, describe(exc), device=device_name(runner.device),
+                                     clock=clock_name(runner.device), calls_per_graph=timer.calls_per_graph,
+                                     node=socket.gethostname())
     return result, broken_after(result, runner.device)
 
 
@@ -247,8 +249,8 @@ class IsolatedRunner:
             why = watchdog_reason(limit)
         self._stop(kill=True)
         self._replaced(point, why)
-        return PointResult(point=point, status=FAILED, device=self.device_name, clock=self.clock,
-                           calls_per_graph=timer.calls_per_graph, reason=f"{why} {FRESH}")
+        return PointResult.failure(point, f"{why} {FRESH}", device=self.device_name, clock=self.clock,
+                                   calls_per_graph=timer.calls_per_graph, node=socket.gethostname())
 
     def _replaced(self, point: Point, reason: str) -> None:
         t0 = time.monotonic()

@@ -120,6 +120,13 @@ class PointResult:
     node: str = ""
     ops: tuple[OpResult, ...] = field(default=())
 
+    @classmethod
+    def failure(cls, point: Point, reason: str, *, device: str, clock: str, calls_per_graph: int,
+                node: str) -> "PointResult":
+        """A point that gave no result of its own (its worker died, hung or raised), failed with why."""
+        return cls(point=point, status=FAILED, device=device, clock=clock, reason=reason,
+                   calls_per_graph=calls_per_graph, node=node)
+
     def op(self, name: str) -> OpResult | None:
         return next((o for o in self.ops if o.op == name), None)
 
