@@ -37,13 +37,13 @@ from moebench.impls.vllm import (
     Source,
     Unavailable,
     _rowmajor_inverse,
-    check_library_path,
     default_source,
     detect_api_era,
     detect_ops_era,
     installed_kernels,
     vllm_implementations,
 )
+from moebench.kernelwheel import check_library_path
 from moebench.results import FAILED, OK, SKIPPED, Point
 from moebench.roofline import Ceiling
 from moebench.routing import ExpertParallel

@@ -44,10 +44,9 @@ from .eras import SCRATCH_V2, ApiEra, OpsEra, detect_api_era, detect_ops_era
 from .implementations import Binding, VllmCustom, VllmOps, VllmStandard, vllm_implementations
 from .runs import _rowmajor_inverse
 from .source import (API_MODULE, MODULE_ENV, NOT_VLLM, UTILS_MODULE, Kernels, PythonApi, Source, Unavailable,
-                     check_library_path, default_source, file_python, installed_kernels, installed_python,
-                     library_kernels)
+                     default_source, file_python, installed_kernels, installed_python, library_kernels)
 
 __all__ = ["API_MODULE", "MODULE_ENV", "NOT_VLLM", "SCRATCH_V2", "UTILS_MODULE", "ApiEra", "Binding", "Kernels", "OpsEra",
            "PythonApi", "Source", "Unavailable", "VllmCustom", "VllmOps", "VllmStandard", "_rowmajor_inverse",
-           "check_library_path", "default_source", "detect_api_era", "detect_ops_era", "file_python",
+           "default_source", "detect_api_era", "detect_ops_era", "file_python",
            "installed_kernels", "installed_python", "library_kernels", "vllm_implementations"]

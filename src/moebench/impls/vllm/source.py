@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import torch
 
-from ...errors import BadInput, describe
-from ...kernelwheel import check_library_path, file_sha256  # noqa: F401  (check_library_path: its home is kernelwheel)
+from ...errors import describe
+from ...kernelwheel import file_sha256
 
 MODULE_ENV = "MOEBENCH_VLLM_MODULE"
 NOT_VLLM = "registers no _moe_C::moe_permute"  # a library that loads but is not vLLM's kernels
