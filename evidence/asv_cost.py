@@ -70,7 +70,7 @@ def _naive_combination(device_name: str) -> dict:
     from moebench.roofline import ceiling
     from moebench.grid import SweepSpec
     from moebench.runpoint import run_point
-    from moebench.timing import TimerConfig, default_calls_per_graph
+    from moebench.axes import TimerConfig, default_calls_per_graph
 
     spec = SweepSpec(shape=resolve(NAIVE_POINT["model"]), dtype_modes=("auto",),
                      impls=(NAIVE_POINT["impl"],), batch_sizes=(NAIVE_POINT["tokens"],))

@@ -28,7 +28,7 @@ from moebench.models import resolve  # noqa: E402
 from moebench.roofline import ceiling  # noqa: E402
 from moebench.grid import SweepSpec  # noqa: E402
 from moebench.runpoint import run_point  # noqa: E402
-from moebench.timing import TimerConfig, default_calls_per_graph  # noqa: E402
+from moebench.axes import TimerConfig, default_calls_per_graph  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from moebench import runpoint, timing  # noqa: E402
-from moebench.axes import TimerConfig  # noqa: E402
+from moebench import runpoint  # noqa: E402
+from moebench.axes import TimerConfig, default_calls_per_graph  # noqa: E402
 from moebench.gpustate import Nvml  # noqa: E402
 from moebench.grid import SweepSpec  # noqa: E402
 from moebench.impls import implementations  # noqa: E402
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     runner = runpoint.DeviceRunner(device, registry)
     start_s = time.perf_counter() - t0
-    calls = timing.default_calls_per_graph(device, "warm")
+    calls = default_calls_per_graph(device, "warm")
     timer = TimerConfig(calls_per_graph=calls, replays=args.replays, rounds=args.rounds)
     points = [p for m in args.models for p in SweepSpec(resolve(m), tuple(args.dtypes), tuple(args.impls),
                                                           batch_sizes=tuple(args.tokens)).points()]

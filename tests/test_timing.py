@@ -9,11 +9,11 @@ import torch
 
 from conftest import gpu
 from moebench import grid, runpoint
+from moebench.axes import clock_name
 from moebench.gpustate import GpuState, Nvml
 from moebench.roofline import Ceiling
 from moebench.stats import interquartile_mean, steady, summarize
-from moebench.timing import (HOLD_S, MAX_HOLD_S, HostStalls, NotCapturable, TimerConfig, clock_name, time_cuda_graph,
-                             time_host)
+from moebench.timing import HOLD_S, MAX_HOLD_S, HostStalls, NotCapturable, TimerConfig, time_cuda_graph, time_host
 
 CPU = torch.device("cpu")
 

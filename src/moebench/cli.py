@@ -183,7 +183,7 @@ def cmd_sweep(argv: Sequence[str]) -> int:
         raise BadInput("--resume needs --json PATH (the file to continue)")
     from .executors import LOCAL_RAY, Placement, open_executor
     from .grid import SweepSpec, run_grid, validate_row_bytes
-    from .routing import ExpertParallel
+    from .axes import ExpertParallel
     from .runpoint import OOM_PREFIX
 
     ep = ExpertParallel(args.ep_size, args.ep_rank)
@@ -212,7 +212,7 @@ def cmd_sweep(argv: Sequence[str]) -> int:
             err.print("[yellow]note:[/yellow] int8_w8a16 quantizes weights only: activations are "
                       "untouched, so permute/unpermute do the same work as --dtype auto")
 
-        from .timing import default_calls_per_graph
+        from .axes import default_calls_per_graph
 
         calls = args.calls_per_graph or default_calls_per_graph(device, args.l2)
         if args.l2 == "cold" and calls > 1:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from . import axes
-from .axes import TimerConfig
+from .axes import TimerConfig, clock_name
 from .errors import describe, one_line
 from .results import FAILED, Point, PointResult
 
@@ -117,7 +117,6 @@ def run_and_judge(runner, point: Point, timer: TimerConfig) -> tuple[PointResult
     device afterwards (``broken_after``), or None. An exception that escapes the measurement (e.g.
     freeing memory after a sticky error raises again) is the point's failure, judged the same."""
     from .roofline import device_name
-    from .timing import clock_name
 
     try:
         result = runner.run(point, timer)
@@ -134,7 +133,6 @@ def _worker(conn, setup: WorkerSetup) -> None:
     import torch
 
     from .roofline import device_name
-    from .timing import clock_name
 
     # Ctrl-C reaches the whole process group: the parent stops the sweep and kills this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from .axes import ExpertParallel, TimerConfig, clock_name
 from .check import check_permute, check_unpermute
 from .errors import describe
 from .gpustate import GpuState, Nvml
@@ -24,9 +25,9 @@ from .quant import act_dtype
 from .results import FAILED, OK, OPS, SKIPPED, OpResult, Point, PointResult
 from . import roofline
 from .roofline import Ceiling, device_name, floor_us, permute_bytes, unpermute_bytes
-from .routing import ExpertParallel, make_inputs
+from .routing import make_inputs
 from .stats import STABLE_REL_IQR, steady, summarize
-from .timing import HostStalls, NotCapturable, TimerConfig, clock_name, measure
+from .timing import HostStalls, NotCapturable, measure
 
 OOM_PREFIX = "out of memory"
 ATTEMPTS = 3  # measurements of one op before a disturbed point is given up as unsteady

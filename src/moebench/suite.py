@@ -68,7 +68,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .argtypes import positive_int, positive_seconds
-from .axes import BATCH_SIZES, DTYPE_MODES, IMPLS, L2_MODES, OPS  # noqa: F401  (OPS: the suite's ops)
+from .axes import (BATCH_SIZES, DTYPE_MODES, IMPLS, L2_MODES, OPS,  # noqa: F401  (OPS: the suite's ops)
+                   TimerConfig, default_calls_per_graph)
 from .errors import BadInput
 from .models import shipped_models
 from .suitegrid import Grid, OpTiming, SuitePoint
@@ -267,7 +268,6 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     from .kernelwheel import check_library_path, installed
     from .models import resolve
     from .results import FAILED, SKIPPED, gpu_state_errors
-    from .axes import TimerConfig, default_calls_per_graph
 
     def say(line: str) -> None:
         print(f"moebench: {line}", flush=True)
@@ -310,10 +310,10 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     # One executor for both L2 modes: Ray and its workers (or the isolated worker) start once.
     opened = time.perf_counter()
     with open_executor(placement) as executor:
-        device, ready = executor.device_type, time.perf_counter()  # workers started, ceiling known
+        device_type, ready = executor.device_type, time.perf_counter()  # workers started, ceiling known
 
         def timer(l2: str) -> TimerConfig:
-            calls = cfg.calls_per_graph or default_calls_per_graph(device, l2)
+            calls = cfg.calls_per_graph or default_calls_per_graph(device_type, l2)
             return TimerConfig(calls_per_graph=calls, replays=cfg.replays, rounds=cfg.rounds, l2=l2)
 
         results = run_grid([(p, timer(p.l2)) for _, p in keyed], executor)

@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .axes import HOLD_S, L2_MODES, MAX_HOLD_S, TimerConfig, clock_name, default_calls_per_graph  # noqa: F401  (their home: axes)
+from .axes import HOLD_S, L2_MODES, MAX_HOLD_S, TimerConfig  # noqa: F401  (their home: axes)
 from .errors import one_line
 
 CPU_FLUSH_BYTES = 64 << 20
