@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite_scaling import asv_rounds  # noqa: E402
+from suite_scaling import asv_rounds, ratios  # noqa: E402
 
 PARTS = (("points_s", "points (setup_cache)"), ("fixed_s", "setup_cache fixed"), ("lookups_s", "asv lookups"),
          ("asv_rest_s", "asv's own"))
@@ -40,9 +40,8 @@ def _fixed(row: dict) -> float:
 
 def _deviations(work: Path, before: str, after: str) -> list[tuple[int, float]]:
     """(T, |median ratio - 1|) of every (point, op) both runs measured."""
-    a, b = asv_rounds(work, before), asv_rounds(work, after)
-    return [(int(k.split("/")[-2]), abs(statistics.median(b[k]) / statistics.median(a[k]) - 1))
-            for k in sorted(set(a) & set(b))]
+    return [(int(k.split("/")[-2]), abs(r - 1))
+            for k, r in ratios(asv_rounds(work, before), asv_rounds(work, after)).items()]
 
 
 def main(argv: list[str]) -> int:

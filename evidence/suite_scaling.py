@@ -134,20 +134,26 @@ def grid_rounds(path: Path) -> dict[str, list[float]]:
             for key, m in grid.items() if m.ops and not m.failed for o in m.ops}
 
 
+def ratios(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, float]:
+    """Median over median of every (point, op) both runs measured."""
+    return {k: statistics.median(after[k]) / statistics.median(before[k]) for k in sorted(set(before) & set(after))}
+
+
+def _spread(rounds: list[float]) -> float:
+    """(max - min) / median of one run's rounds: what that run says its noise is."""
+    return (max(rounds) - min(rounds)) / statistics.median(rounds)
+
+
 def agreement(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict:
     """Median over median per point, and how many lie within the larger of the two runs' own
-    spread between rounds ((max - min) / median): what one run says its noise is."""
-    ratios, inside = {}, 0
-    for k in sorted(set(before) & set(after)):
-        a, b = statistics.median(before[k]), statistics.median(after[k])
-        ratios[k] = b / a
-        spread = max((max(before[k]) - min(before[k])) / a, (max(after[k]) - min(after[k])) / b)
-        inside += abs(b / a - 1) <= spread
-    devs = sorted(abs(r - 1) for r in ratios.values())
-    return {"points": len(ratios), "only_in_one_run": len(set(before) ^ set(after)),
+    spread between rounds."""
+    by_point = ratios(before, after)
+    inside = sum(abs(r - 1) <= max(_spread(before[k]), _spread(after[k])) for k, r in by_point.items())
+    devs = sorted(abs(r - 1) for r in by_point.values())
+    return {"points": len(by_point), "only_in_one_run": len(set(before) ^ set(after)),
             "median_abs_dev": statistics.median(devs), "p95_abs_dev": devs[int(0.95 * (len(devs) - 1))],
             "max_abs_dev": devs[-1], "beyond_3pct": sum(d > 0.03 for d in devs), "within_round_spread": inside,
-            "worst": sorted(ratios.items(), key=lambda kv: -abs(kv[1] - 1))[:8]}
+            "worst": sorted(by_point.items(), key=lambda kv: -abs(kv[1] - 1))[:8]}
 
 
 def _said(what: str, a: dict) -> str:
