@@ -170,9 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-up", action="store_true", help="run the grid once, short, before timing")
     ap.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
                     help="which runs now (each is kept in OUT; the comparison needs both there)")
-    ap.add_argument("--baseline", type=Path, help="another OUT with a one-GPU asv run: the noise between two one-GPU "
-                                                  "runs, against which the all-GPU run's differences are read")
+    ap.add_argument("--baseline", type=Path, help="another OUT of asv runs: each run both hold is compared with its "
+                                                  "namesake there (one GPU vs one GPU: the noise against which the "
+                                                  "all-GPU run's differences are read; all GPUs vs all GPUs: whether "
+                                                  "the plan keeps each point on its card)")
     args = ap.parse_args(argv)
+    if args.baseline and not args.asv:
+        ap.error("--baseline compares asv runs: add --asv")
     import torch
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -198,13 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     report["speedup"] = {k: round(runs["one-gpu"][k] / runs["all-gpus"][k], 3) for k in (whole, "points_s")}
     report["agreement"] = agreement(one, every)
     if args.baseline:
-        report["baseline"] = {"out": str(args.baseline), "agreement": agreement(asv_rounds(args.baseline, "one-gpu"), one)}
+        report["baseline"] = {"out": str(args.baseline), "agreement": {
+            n: agreement(asv_rounds(args.baseline, n), asv_rounds(args.out, n)) for n in RUNS
+            if (args.baseline / n / "results").is_dir()}}
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"speedup: points {report['speedup']['points_s']}x, whole {'asv run' if args.asv else 'process'} "
           f"{report['speedup'][whole]}x", flush=True)
     print(_said("all GPUs vs one", report["agreement"]), flush=True)
-    if args.baseline:
-        print(_said("one GPU vs one GPU (baseline)", report["baseline"]["agreement"]), flush=True)
+    for n, a in report.get("baseline", {}).get("agreement", {}).items():
+        print(_said(f"{n} vs {n} of {args.baseline}", a), flush=True)
     return 0
 
 

@@ -262,7 +262,11 @@ def test_two_ray_workers_give_the_local_grid(tmp_path, monkeypatch, capsys):
     assert set(fanned) == set(itertools.product(suite.L2_MODES, [tiny], ["auto"], cfg.impls, [1, 5, 9]))
     assert _verdicts(fanned) == _verdicts(local)
     assert sum(1 for m in fanned.values() if m.ops) == 6  # reference-custom: 3 sizes x 2 L2 modes
-    assert "measured 12 points on 2 Ray worker(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "measured 12 points on 2 Ray worker(s)" in out
+    shares = re.search(r"Ray workers: 0: (\d+) points, busy [\d.]+ s, done at [\d.]+ s; "
+                       r"1: (\d+) points, busy [\d.]+ s, done at [\d.]+ s$", out, re.M)
+    assert shares and sum(map(int, shares.groups())) == 12
 
 
 def test_ray_only_where_it_helps():

@@ -94,6 +94,14 @@ def test_ray_sweep_gives_the_single_process_points_in_order(cluster, tmp_path):
     assert meta["ceiling"] == workers[0]["ceiling"] == workers[1]["ceiling"]
     assert meta["ray"]["died"] == []
     assert meta["ray"]["startup_s"] > 0 and meta["ray"]["sweep_s"] > 0  # the final account is in the file
+    # Each worker's share: its points (every point once), busy seconds within the sweep's, last result last.
+    shares = meta["ray"]["shares"]
+    assert set(shares) == {"0", "1"}
+    assert sum(s["points"] for s in shares.values()) == len(spec.points())
+    for i, s in shares.items():
+        assert s["points"] == list(meta["ray"]["ran_on"].values()).count(int(i))
+        assert 0 < s["busy_s"] <= s["done_s"] <= meta["ray"]["sweep_s"]
+    assert max(s["done_s"] for s in shares.values()) == pytest.approx(meta["ray"]["sweep_s"], abs=0.05)
 
 
 def test_pool_returns_results_in_the_order_given(cluster, tmp_path):

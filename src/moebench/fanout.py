@@ -115,6 +115,19 @@ class _Actor:
         return run_and_judge(self.runner, point, timer)
 
 
+@dataclass
+class Share:
+    """One worker's part of the sweeps: how many points, the seconds it spent on them (from
+    handing a point over to its result) and when, from the first point handed to any worker, it
+    gave its last result. Why a fan-out is not N times faster shows here: busy seconds that add
+    up to more than one GPU's (each worker pays its own first-use costs), or one worker done
+    long before the others (an uneven plan)."""
+
+    points: int = 0
+    busy_s: float = 0.0
+    done_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class _Live:
     index: int
@@ -139,6 +152,7 @@ class Pool:
         self._handles: list[Any] = []
         self.deaths: list[Death] = []
         self.ran_on: dict[str, int] = {}  # point key -> index of the worker that measured it
+        self.shares: dict[int, Share] = {}  # worker index -> what it did in ``run`` (meta, setup log)
         self.recoveries: list[Recovery] = []  # workers replaced after a fault, a death or a hang
         self.point_timeout_s = placement.point_timeout_s
         self._clock = clock_name(self.device_type)
@@ -221,7 +235,7 @@ class Pool:
         points, timers = [p for p, _ in jobs], [t for _, t in jobs]
         shares = _plan(points, self._live)  # worker index -> its (job index, attempt) in grid order
         idle = list(self._live)
-        running: dict[Any, tuple[_Live, int, int, float]] = {}  # ref -> worker, index, attempt, deadline
+        running: dict[Any, tuple[_Live, int, int, float, float]] = {}  # ref -> worker, index, attempt, deadline, handed
 
         def hand_over(w: _Live, fresh: list[_Live], retry: tuple[int, int] | None = None) -> None:
             """``w``'s share (and ``retry`` first) to its replacement, else to the other workers."""
@@ -241,23 +255,27 @@ class Pool:
             for w in [w for w in idle if shares.get(w.index)]:
                 idle.remove(w)
                 i, attempt = shares[w.index].popleft()
-                deadline = time.monotonic() + watchdog_s(points[i], self.point_timeout_s)
-                running[w.handle.run.remote(points[i], timers[i])] = (w, i, attempt, deadline)
+                handed = time.monotonic()
+                deadline = handed + watchdog_s(points[i], self.point_timeout_s)
+                running[w.handle.run.remote(points[i], timers[i])] = (w, i, attempt, deadline, handed)
             if not running:  # points left, workers all dead
                 for i, _ in (job for share in shares.values() for job in share):
                     on_result(i, self._lost(points[i], timers[i], self.deaths[-1], "no live worker left to run it"))
                 break
-            wait_s = max(0.0, min(deadline for *_, deadline in running.values()) - time.monotonic())
+            wait_s = max(0.0, min(v[3] for v in running.values()) - time.monotonic())
             ready, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
             if not ready:  # the watchdog: every point past its limit costs its worker
                 for ref in [r for r, v in running.items() if v[3] <= time.monotonic()]:
-                    w, i, _, _ = running.pop(ref)
+                    w, i, *_ = running.pop(ref)
                     why = watchdog_reason(watchdog_s(points[i], self.point_timeout_s))
                     self._bury(w, points[i], why)
                     on_result(i, self._failed(points[i], timers[i], w.info.device, w.info.node, f"{why} {FRESH}"))
                     hand_over(w, self._replace(w, points[i], why))
                 continue
-            w, i, attempt, _ = running.pop(ready[0])
+            w, i, attempt, _, handed = running.pop(ready[0])
+            share = self.shares.setdefault(w.index, Share())
+            share.points, share.busy_s = share.points + 1, share.busy_s + time.monotonic() - handed
+            share.done_s = self.sweep_s + time.monotonic() - t0
             try:
                 result, broken = ray.get(ready[0])
             except worker_died as exc:
@@ -330,7 +348,8 @@ class Pool:
             "address": self.cluster.address, "workers": [asdict(w) for w in self.workers],
             "died": [asdict(d) for d in self.deaths], "ran_on": dict(self.ran_on),
             "replaced": [asdict(r) for r in self.recoveries],
-            "startup_s": round(self.startup_s, 3), "sweep_s": round(self.sweep_s, 3)}}
+            "startup_s": round(self.startup_s, 3), "sweep_s": round(self.sweep_s, 3),
+            "shares": {i: {k: round(v, 3) for k, v in asdict(s).items()} for i, s in sorted(self.shares.items())}}}
         if len(ceilings) == 1:
             (out["ceiling"],) = ceilings.values()
         return out

@@ -321,7 +321,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
         for r in executor.recoveries:
             say(f"{r.point} left its worker unusable ({r.reason}); a fresh one took "
                 f"{r.seconds:.1f} s to start")
-        where = executor.describe()
+        where, shares = executor.describe(), executor.meta().get("ray", {}).get("shares", {})
         stopping = time.perf_counter()
     stopped = time.perf_counter()
 
@@ -340,6 +340,9 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
         f"{measured - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
         f"{time.perf_counter() - started:.1f} s (imports and models {opened - started:.1f} s, executor start "
         f"{ready - opened:.1f} s, points {points_s:.1f} s, executor stop {stopped - stopping:.1f} s)")
+    if shares:  # why N workers are not N times faster: more busy seconds in all, or an uneven plan
+        say("Ray workers: " + "; ".join(f"{i}: {s['points']} points, busy {s['busy_s']:.1f} s, done at "
+                                        f"{s['done_s']:.1f} s" for i, s in shares.items()))
     for why in gpu_state_errors(results):
         say(f"GPU state (clocks, throttling) unknown: {why}")
     for key, why in failed.items():
