@@ -19,6 +19,12 @@ shape once per machine (its disk cache), which a nightly pays only after a Trito
 its time is reported. Then every point's median on all GPUs over its median on one: the two runs
 agree when those ratios stay within the noise between fresh processes. Writes ``OUT/scaling.json``
 and each run's log (and grid or asv results) under ``OUT``.
+
+Cards of one model differ (by up to ~9 % at some small-T points on one H200 host), and an all-GPU
+run measures each point on the card ``moebench.fanout.plan`` gives it. ``--card K`` makes the
+one-GPU run use card K (``CUDA_VISIBLE_DEVICES``); ``--cards OTHER_OUT ...`` names folders holding
+one-GPU asv runs on the other cards. Then each card's share of the all-GPU run is also compared
+with a one-GPU run on that same card (``per_card``): the agreement the second GPU itself costs.
 """
 
 from __future__ import annotations
@@ -69,6 +75,23 @@ def run(name: str, env: dict[str, str], out: Path) -> dict:
           f"{row['executor_start_s']} s + points {row['points_s']} s + executor stop {row['executor_stop_s']} s",
           flush=True)
     return row
+
+
+def card_agreement(env: dict[str, str], gpus: int, one_gpu: dict[str, dict[str, list[float]]],
+                   every: dict[str, list[float]]) -> dict[str, dict]:
+    """Per card: the all-GPU run's points on that card (``fanout.plan`` over the suite's points,
+    workers in ``fanout.card_order``) against a one-GPU run on the card (``one_gpu``: card ->
+    rounds), for every card that has one."""
+    from moebench import fanout, suite
+
+    _, keyed = suite.grid_points(suite.SuiteConfig.from_env(env))
+    cards = sorted((str(g) for g in range(gpus)), key=lambda g: fanout.card_order("", (g,)))
+    lanes = fanout.plan([p for _, p in keyed], len(cards))
+    card_of = {"/".join(map(str, keyed[i][0])): card for card, lane in zip(cards, lanes) for i in lane}
+    mine = {card: {k for k in every if card_of[k.rsplit("/", 1)[0]] == card} for card in cards}
+    return {card: agreement({k: v for k, v in one_gpu[card].items() if k in mine[card]},
+                            {k: every[k] for k in mine[card]})
+            for card in cards if card in one_gpu}
 
 
 def run_asv(name: str, env: dict[str, str], out: Path) -> dict:
@@ -168,36 +191,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE", help="MOEBENCH_* settings of the grid")
     ap.add_argument("--asv", action="store_true", help="time whole asv runs, not setup_cache alone")
     ap.add_argument("--warm-up", action="store_true", help="run the grid once, short, before timing")
-    ap.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
-                    help="which runs now (each is kept in OUT; the comparison needs both there)")
+    ap.add_argument("--runs", nargs="*", choices=RUNS, default=list(RUNS),
+                    help="which runs now (each is kept in OUT; the comparison needs both there); none: only "
+                         "compare the runs OUT already holds")
+    ap.add_argument("--card", default="0", help="the card the one-GPU run uses (default 0)")
+    ap.add_argument("--cards", type=Path, nargs="+", default=[], metavar="OTHER_OUT",
+                    help="folders with a one-GPU asv run on another card (--card), for the per-card comparison")
     ap.add_argument("--baseline", type=Path, help="another OUT of asv runs: each run both hold is compared with its "
                                                   "namesake there (one GPU vs one GPU: the noise against which the "
                                                   "all-GPU run's differences are read; all GPUs vs all GPUs: whether "
                                                   "the plan keeps each point on its card)")
     args = ap.parse_args(argv)
-    if args.baseline and not args.asv:
-        ap.error("--baseline compares asv runs: add --asv")
+    if (args.baseline or args.cards) and not args.asv:
+        ap.error("--baseline and --cards compare asv runs: add --asv")
     import torch
 
     args.out.mkdir(parents=True, exist_ok=True)
     grid_env = dict(item.split("=", 1) for item in args.env)
     base = {**os.environ, **grid_env}
-    report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "gpus": torch.cuda.device_count(), "torch": torch.__version__,
-              "grid": {k: v for k, v in base.items() if k.startswith("MOEBENCH_")}, "runs": {}}
+    # where and what: recorded in each run's row, and the report's from the all-GPU run's
+    here = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+            "grid": {k: v for k, v in base.items() if k.startswith("MOEBENCH_")}}
+    report = {**here, "runs": {}}
     if args.warm_up:
         (args.out / "warm-up.json").write_text(json.dumps(warm_up(base, args.out)) + "\n")
     for name in args.runs:
-        row = (run_asv if args.asv else run)(name, {**base, "MOEBENCH_RAY": RUNS[name]}, args.out)
+        env = {**base, "MOEBENCH_RAY": RUNS[name]} | ({"CUDA_VISIBLE_DEVICES": args.card} if name == "one-gpu" else {})
+        row = (run_asv if args.asv else run)(name, env, args.out)
+        row |= here | ({"card": args.card} if name == "one-gpu" else {})
         (args.out / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
     if not all((args.out / f"{n}.json").is_file() for n in RUNS):
         return 0
-    report["runs"] = {n: json.loads((args.out / f"{n}.json").read_text()) for n in RUNS}
+    report["runs"] = runs = {n: json.loads((args.out / f"{n}.json").read_text()) for n in RUNS}
+    # where the runs were made (when only comparing, this process may be on another machine)
+    report |= {k: runs["all-gpus"][k] for k in here if k in runs["all-gpus"]}
     if (args.out / "warm-up.json").is_file():
         report["warm_up"] = json.loads((args.out / "warm-up.json").read_text())
     rounds = functools.partial(asv_rounds, args.out) if args.asv else (lambda n: grid_rounds(args.out / f"{n}.pkl"))
     one, every = rounds("one-gpu"), rounds("all-gpus")
-    runs = report["runs"]
     whole = "wall_s" if args.asv else "process_s"
     report["speedup"] = {k: round(runs["one-gpu"][k] / runs["all-gpus"][k], 3) for k in (whole, "points_s")}
     report["agreement"] = agreement(one, every)
@@ -205,10 +237,16 @@ def main(argv: list[str] | None = None) -> int:
         report["baseline"] = {"out": str(args.baseline), "agreement": {
             n: agreement(asv_rounds(args.baseline, n), asv_rounds(args.out, n)) for n in RUNS
             if (args.baseline / n / "results").is_dir()}}
+    if args.asv and report["gpus"] > 1:
+        one_gpu = {json.loads((d / "one-gpu.json").read_text()).get("card", "0"): asv_rounds(d, "one-gpu")
+                   for d in [args.out, *args.cards]}
+        report["per_card"] = card_agreement(report["grid"], report["gpus"], one_gpu, every)
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"speedup: points {report['speedup']['points_s']}x, whole {'asv run' if args.asv else 'process'} "
           f"{report['speedup'][whole]}x", flush=True)
     print(_said("all GPUs vs one", report["agreement"]), flush=True)
+    for card, a in report.get("per_card", {}).items():
+        print(_said(f"card {card}: all GPUs vs one GPU on this card", a), flush=True)
     for n, a in report.get("baseline", {}).get("agreement", {}).items():
         print(_said(f"{n} vs {n} of {args.baseline}", a), flush=True)
     return 0

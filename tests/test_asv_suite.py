@@ -378,3 +378,29 @@ def test_asv_run_three_commits_and_publish(tmp_path):
     landing = (html / "index.html").read_text()
     assert "moebench overview" in landing and "summarygrid" in (html / "asv.html").read_text()
     assert landing.count('<tr><td>') + landing.count('<tr class="regressed"><td>') == 2 * 2 * 2 * 2
+
+
+def test_the_scaling_tool_reads_each_card_against_a_run_on_that_card():
+    """Cards of one model differ, and an all-GPU run measures each point on the card the Ray pool
+    plans for it: the scaling tool's per-card comparison must pick the points each card measured,
+    as the pool assigns them (whichever worker Ray started first), for the nightly grid."""
+    sys.path.insert(0, str(REPO / "evidence"))
+    import suite_scaling
+
+    from moebench.fanout import WorkerInfo, _Live, _shares
+    from moebench.roofline import Ceiling
+
+    _, keyed = suite.grid_points(SuiteConfig.from_env({}))
+    assert len(keyed) == 792  # the nightly grid
+    ceiling = Ceiling("NVIDIA H200", 4e12, "triton-copy")
+    started = [_Live(i, None, WorkerInfo("node", "NVIDIA H200", 100 + i, (g,), ceiling)) for i, g in enumerate("10")]
+    card_of = {i: w.info.gpu_ids[0] for w in started for i, _ in _shares([p for _, p in keyed], started)[w.index]}
+    speed = {"0": 1.0, "1": 1.1}  # card 1 is 10 % slower everywhere
+    keys = {i: "/".join(map(str, k)) for i, (k, _) in enumerate(keyed)}
+    one_gpu = {c: {f"{keys[i]}/{op}": [s] * 3 for i in keys for op in ("permute", "unpermute")} for c, s in speed.items()}
+    every = {f"{keys[i]}/{op}": [speed[card_of[i]]] * 3 for i in keys for op in ("permute", "unpermute")}
+    assert suite_scaling.agreement(one_gpu["0"], every)["beyond_3pct"] == sum(c == "1" for c in card_of.values()) * 2
+    per_card = suite_scaling.card_agreement({}, 2, one_gpu, every)
+    assert set(per_card) == {"0", "1"}
+    assert all(a["max_abs_dev"] == pytest.approx(0) and a["only_in_one_run"] == 0 for a in per_card.values())
+    assert sum(a["points"] for a in per_card.values()) == 1584

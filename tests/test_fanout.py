@@ -283,7 +283,7 @@ def test_the_plan_puts_each_point_on_the_same_card_every_run():
     gives every card the same share in every run, whichever worker Ray started first (two cards
     differ by up to ~5 % at small T, so a point that changed cards would step in its history);
     shares are balanced by estimated cost and measured in grid order."""
-    from moebench.fanout import WorkerInfo, _cost, _Live, _plan
+    from moebench.fanout import WorkerInfo, _cost, _Live, _shares, plan
     from moebench.roofline import Ceiling
 
     shape = resolve("deepseek-ai/DeepSeek-V3")
@@ -295,7 +295,7 @@ def test_the_plan_puts_each_point_on_the_same_card_every_run():
 
     def by_gpu(gpus):
         ws = workers(gpus)
-        return {w.info.gpu_ids: list(share) for w, share in ((w, _plan(points, ws)[w.index]) for w in ws)}
+        return {w.info.gpu_ids: list(share) for w, share in ((w, _shares(points, ws)[w.index]) for w in ws)}
 
     assert by_gpu(["0", "1"]) == by_gpu(["1", "0"])  # the same share per card, whoever started first
     shares = list(by_gpu(["0", "1"]).values())
@@ -304,5 +304,7 @@ def test_the_plan_puts_each_point_on_the_same_card_every_run():
     assert all([i for i, _ in share] == sorted(i for i, _ in share) for share in shares)  # grid order
     loads = [sum(_cost(points[i]) for i, _ in share) for share in shares]
     assert abs(loads[0] - loads[1]) <= max(_cost(p) for p in points)  # balanced within one point
-    three = _plan(points, workers(["0", "1", "2"]))
+    three = _shares(points, workers(["0", "1", "2"]))
     assert all(three.values()) and sum(map(len, three.values())) == len(points)
+    # the lanes of ``plan`` are the cards in order: what an evidence tool reads to tell which card measured a point
+    assert [[i for i, _ in share] for _, share in sorted(by_gpu(["1", "0"]).items())] == plan(points, 2)

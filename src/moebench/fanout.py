@@ -12,7 +12,7 @@ cluster without GPUs), builds the implementation registry, the bandwidth ceiling
 card (``device``) and host (``node``) that measured it; a mixed cluster (H100 + H200) is
 reported per card, and no number is ever averaged across cards.
 
-Which worker measures which point is decided before the first point (``_plan``), from the points
+Which worker measures which point is decided before the first point (``plan``), from the points
 and the workers' cards alone: jobs are balanced over the workers by estimated cost (largest first
 onto the least loaded), workers are taken in the order of their (node, GPU ids), and each measures
 its share in grid order. So every run of the same grid measures each point on the same card after
@@ -224,7 +224,7 @@ class Pool:
 
     def run(self, jobs: Sequence[Job], on_result: Callable[[int, PointResult], None],
             on_start: Callable[[int], None] | None = None) -> None:
-        """Every job run once, on the worker ``_plan`` gives it; ``on_result(i, result)`` as each
+        """Every job run once, on the worker ``plan`` gives it; ``on_result(i, result)`` as each
         one finishes (in completion order). ``on_start`` is not called: points run several at a
         time."""
         ray = ray_module()
@@ -233,7 +233,7 @@ class Pool:
         worker_died = (RayActorError, WorkerCrashedError, ObjectLostError)
         t0 = time.monotonic()
         points, timers = [p for p, _ in jobs], [t for _, t in jobs]
-        shares = _plan(points, self._live)  # worker index -> its (job index, attempt) in grid order
+        shares = _shares(points, self._live)  # worker index -> its (job index, attempt) in grid order
         idle = list(self._live)
         running: dict[Any, tuple[_Live, int, int, float, float]] = {}  # ref -> worker, index, attempt, deadline, handed
 
@@ -370,7 +370,7 @@ class Pool:
         self.close()
 
 
-# A point's seconds, estimated only to balance ``_plan``: ~0.1 s of fixed work (captures, the
+# A point's seconds, estimated only to balance ``plan``: ~0.1 s of fixed work (captures, the
 # gate, five rounds) plus its data (DeepSeek-V3 at T=4096, 235 M elements: ~0.7 s on an H200).
 POINT_BASE_S = 0.1
 POINT_ELEMENT_S = 3e-9
@@ -380,17 +380,29 @@ def _cost(p: Point) -> float:
     return POINT_BASE_S + POINT_ELEMENT_S * p.num_tokens * p.topk * p.hidden_size
 
 
-def _plan(points: Sequence[Point], workers: Sequence[_Live]) -> dict[int, deque]:
-    """Each worker's share of the jobs, as (job index, attempt 1) in grid order, keyed by worker
-    index: the costliest job first onto the least loaded worker, workers in (node, GPU ids) order,
-    ties to the earlier job and worker. The same points on the same cards give the same plan."""
-    order = sorted(workers, key=lambda w: (w.info.node, w.info.gpu_ids, w.index))
-    load, lanes = [0.0] * len(order), [[] for _ in order]
+def plan(points: Sequence[Point], workers: int) -> list[list[int]]:
+    """Which points (indices, in grid order) each of ``workers`` workers measures: the costliest
+    first onto the least loaded, ties to the earlier point and worker. Lane k belongs to the k-th
+    worker in ``card_order``, so the same points on the same cards give every card the same share
+    (an evidence tool that knows the cards can tell which card measured a point)."""
+    load, lanes = [0.0] * workers, [[] for _ in range(workers)]
     for i in sorted(range(len(points)), key=lambda i: (-_cost(points[i]), i)):
-        k = min(range(len(order)), key=lambda k: (load[k], k))
+        k = min(range(workers), key=lambda k: (load[k], k))
         lanes[k].append(i)
         load[k] += _cost(points[i])
-    return {w.index: deque((i, 1) for i in sorted(lane)) for w, lane in zip(order, lanes)}
+    return [sorted(lane) for lane in lanes]
+
+
+def card_order(node: str, gpu_ids: Sequence[str]) -> tuple:
+    """The order in which workers take ``plan``'s lanes: by host, then by the GPU ids Ray gave
+    them (as text, as Ray's ids are recorded)."""
+    return (node, tuple(gpu_ids))
+
+
+def _shares(points: Sequence[Point], workers: Sequence[_Live]) -> dict[int, deque]:
+    """``plan``'s lanes as each live worker's share: (job index, attempt 1), keyed by worker index."""
+    order = sorted(workers, key=lambda w: (card_order(w.info.node, w.info.gpu_ids), w.index))
+    return {w.index: deque((i, 1) for i in lane) for w, lane in zip(order, plan(points, len(order)))}
 
 
 def _death_reason(exc: BaseException) -> str:

@@ -65,14 +65,17 @@ import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from .argtypes import positive_int, positive_seconds
 from .axes import (BATCH_SIZES, DTYPE_MODES, IMPLS, L2_MODES, OPS,  # noqa: F401  (OPS: the suite's ops)
                    TimerConfig, default_calls_per_graph)
 from .errors import BadInput
 from .models import shipped_models
-from .suitegrid import Grid, OpTiming, SuitePoint
+from .suitegrid import Grid, GridKey, OpTiming, SuitePoint
+
+if TYPE_CHECKING:
+    from .results import Point
 
 PARAM_NAMES = ("model", "dtype", "impl", "tokens")
 # The benchmark class of each L2 mode (benchmarks/moe.py declares them under these names).
@@ -258,15 +261,42 @@ def registry_factory(spec: str | None):
     return found
 
 
+def grid_points(cfg: SuiteConfig) -> tuple[Grid, list[tuple[GridKey, Point]]]:
+    """What ``setup_grid`` does not measure (the L2 modes left out; the dtype modes a model's rows
+    cannot take, skipped with why), and every point it measures with its key, in measuring order:
+    that order, and the cards, decide which card measures a point (``fanout.plan``)."""
+    from .grid import SweepSpec, validate_row_bytes
+    from .models import resolve
+
+    left_out = SuitePoint(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
+    grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
+                  for rest in itertools.product(cfg.models_for(l2), cfg.dtype_modes, cfg.impls, cfg.batch_sizes)}
+    keyed = []  # in measuring order
+    for model in cfg.models:
+        shape = resolve(model)
+        modes = []
+        for mode in cfg.dtype_modes:
+            try:
+                validate_row_bytes(shape, [mode])
+                modes.append(mode)
+            except BadInput as exc:
+                grid.update({(l2, model, mode, i, t): SuitePoint(skipped=str(exc)) for l2 in cfg.l2_modes
+                             if model in cfg.models_for(l2) for i in cfg.impls for t in cfg.batch_sizes})
+        for l2 in (l2 for l2 in cfg.l2_modes if model in cfg.models_for(l2)):
+            spec = SweepSpec(shape=shape, dtype_modes=tuple(modes), impls=cfg.impls,
+                             batch_sizes=cfg.batch_sizes, l2=l2)
+            keyed += [((l2, model, p.dtype_mode, p.impl, p.num_tokens), p) for p in spec.points()]
+    return grid, keyed
+
+
 def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     """Measure every combination of ``cfg``, each selected L2 mode: the suite's ``setup_cache``.
     ``registry`` builds the implementations instead of ``impls.implementations`` (default: the
     callable ``MOEBENCH_REGISTRY`` names, if any)."""
     started = time.perf_counter()
     from .executors import Placement, open_executor
-    from .grid import SweepSpec, run_grid, validate_row_bytes
+    from .grid import run_grid
     from .kernelwheel import check_library_path, installed
-    from .models import resolve
     from .results import FAILED, SKIPPED, gpu_state_errors
 
     def say(line: str) -> None:
@@ -283,24 +313,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
     if (kernels := installed()) is not None and cfg.vllm_ops_library == str(kernels.library_path):
         say(f"kernel-library mode: vLLM {kernels.version} (commit {kernels.commit or 'unknown'}, "
             f"{kernels.library}, sha256 {kernels.library_sha256[:16]})")
-    left_out = SuitePoint(skipped=f"L2 mode not measured (MOEBENCH_L2={','.join(cfg.l2_modes)})")
-    grid: Grid = {(l2, *rest): left_out for l2 in L2_MODES if l2 not in cfg.l2_modes
-                  for rest in itertools.product(cfg.models_for(l2), cfg.dtype_modes, cfg.impls, cfg.batch_sizes)}
-    keyed = []  # (GridKey, Point) in measuring order
-    for model in cfg.models:
-        shape = resolve(model)
-        modes = []
-        for mode in cfg.dtype_modes:
-            try:
-                validate_row_bytes(shape, [mode])
-                modes.append(mode)
-            except BadInput as exc:
-                grid.update({(l2, model, mode, i, t): SuitePoint(skipped=str(exc)) for l2 in cfg.l2_modes
-                             if model in cfg.models_for(l2) for i in cfg.impls for t in cfg.batch_sizes})
-        for l2 in (l2 for l2 in cfg.l2_modes if model in cfg.models_for(l2)):
-            spec = SweepSpec(shape=shape, dtype_modes=tuple(modes), impls=cfg.impls,
-                             batch_sizes=cfg.batch_sizes, l2=l2)
-            keyed += [((l2, model, p.dtype_mode, p.impl, p.num_tokens), p) for p in spec.points()]
+    grid, keyed = grid_points(cfg)
 
     ray = _ray_placement(cfg)
     # Ray workers are processes of their own, replaced after a fault: MOEBENCH_ISOLATE is for this machine.
