@@ -302,8 +302,12 @@ def test_the_plan_puts_each_point_on_the_same_card_every_run():
     jobs = [i for share in shares for i, attempt in share]
     assert sorted(jobs) == list(range(len(points))) and {a for share in shares for _, a in share} == {1}
     assert all([i for i, _ in share] == sorted(i for i, _ in share) for share in shares)  # grid order
+    # the points that share their inputs (every dtype and implementation at one T) on one card
+    lanes = {i: k for k, share in enumerate(shares) for i, _ in share}
+    assert all(len({lanes[i] for i, p in enumerate(points) if p.inputs == q.inputs}) == 1 for q in points)
     loads = [sum(_cost(points[i]) for i, _ in share) for share in shares]
-    assert abs(loads[0] - loads[1]) <= max(_cost(p) for p in points)  # balanced within one point
+    group = max(sum(_cost(p) for p in points if p.inputs == q.inputs) for q in points)
+    assert abs(loads[0] - loads[1]) <= group  # balanced within one group
     three = _shares(points, workers(["0", "1", "2"]))
     assert all(three.values()) and sum(map(len, three.values())) == len(points)
     # the lanes of ``plan`` are the cards in order: what an evidence tool reads to tell which card measured a point

@@ -45,6 +45,13 @@ class Point:
     seed: int = 0
 
     @property
+    def inputs(self) -> tuple:
+        """What its seeded inputs are drawn from (``routing.make_inputs`` draws them once per
+        process for every point with the same): the points of every dtype, implementation and L2
+        mode at one shape, T and seed share them."""
+        return (self.seed, self.num_tokens, self.hidden_size, self.num_experts, self.topk, self.routing)
+
+    @property
     def key(self) -> str:
         ep = f"/ep{self.ep_rank}of{self.ep_size}" if self.ep_size > 1 else ""
         return (f"{self.model}/{self.dtype_mode}/{self.impl}/T{self.num_tokens}/{self.routing}"
