@@ -25,6 +25,8 @@ run measures each point on the card ``moebench.fanout.plan`` gives it. ``--card 
 one-GPU run use card K (``CUDA_VISIBLE_DEVICES``); ``--cards OTHER_OUT ...`` names folders holding
 one-GPU asv runs on the other cards. Then each card's share of the all-GPU run is also compared
 with a one-GPU run on that same card (``per_card``): the agreement the second GPU itself costs.
+Which card measured which point is written beside the all-GPU run (``all-gpus-cards.json``) when it
+is made, from the plan of the code that made it.
 """
 
 from __future__ import annotations
@@ -77,21 +79,29 @@ def run(name: str, env: dict[str, str], out: Path) -> dict:
     return row
 
 
-def card_agreement(env: dict[str, str], gpus: int, one_gpu: dict[str, dict[str, list[float]]],
-                   every: dict[str, list[float]]) -> dict[str, dict]:
-    """Per card: the all-GPU run's points on that card (``fanout.plan`` over the suite's points,
-    workers in ``fanout.card_order``) against a one-GPU run on the card (``one_gpu``: card ->
-    rounds), for every card that has one."""
+def cards_of(env: dict[str, str], gpus: int) -> dict[str, str]:
+    """The card that measures each point (key ``l2/model/dtype/impl/T``) when the suite's grid for
+    ``env`` runs on ``gpus`` GPUs of one host: ``fanout.plan`` over ``suite.grid_points``, the
+    workers in ``fanout.card_order``."""
     from moebench import fanout, suite
 
     _, keyed = suite.grid_points(suite.SuiteConfig.from_env(env))
     cards = sorted((str(g) for g in range(gpus)), key=lambda g: fanout.card_order("", (g,)))
     lanes = fanout.plan([p for _, p in keyed], len(cards))
-    card_of = {"/".join(map(str, keyed[i][0])): card for card, lane in zip(cards, lanes) for i in lane}
-    mine = {card: {k for k in every if card_of[k.rsplit("/", 1)[0]] == card} for card in cards}
-    return {card: agreement({k: v for k, v in one_gpu[card].items() if k in mine[card]},
-                            {k: every[k] for k in mine[card]})
-            for card in cards if card in one_gpu}
+    return {"/".join(map(str, keyed[i][0])): card for card, lane in zip(cards, lanes) for i in lane}
+
+
+def on_card(rounds: dict[str, list[float]], card_of: dict[str, str], card: str) -> dict[str, list[float]]:
+    """The (point, op) series of ``rounds`` that ``card`` measures in an all-GPU run."""
+    return {k: v for k, v in rounds.items() if card_of[k.rsplit("/", 1)[0]] == card}
+
+
+def card_agreement(card_of: dict[str, str], one_gpu: dict[str, dict[str, list[float]]],
+                   every: dict[str, list[float]]) -> dict[str, dict]:
+    """Per card: the all-GPU run's points on that card against a one-GPU run on the card
+    (``one_gpu``: card -> rounds), for every card that has one."""
+    return {card: agreement(on_card(one_gpu[card], card_of, card), on_card(every, card_of, card))
+            for card in sorted(set(card_of.values())) if card in one_gpu}
 
 
 def run_asv(name: str, env: dict[str, str], out: Path) -> dict:
@@ -221,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         row = (run_asv if args.asv else run)(name, env, args.out)
         row |= here | ({"card": args.card} if name == "one-gpu" else {})
         (args.out / f"{name}.json").write_text(json.dumps(row, indent=1) + "\n")
+        if name == "all-gpus" and here["gpus"] > 1:  # which card measured which point, with the plan of this code
+            (args.out / "all-gpus-cards.json").write_text(json.dumps(cards_of(base, here["gpus"]), indent=0) + "\n")
     if not all((args.out / f"{n}.json").is_file() for n in RUNS):
         return 0
     report["runs"] = runs = {n: json.loads((args.out / f"{n}.json").read_text()) for n in RUNS}
@@ -237,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         report["baseline"] = {"out": str(args.baseline), "agreement": {
             n: agreement(asv_rounds(args.baseline, n), asv_rounds(args.out, n)) for n in RUNS
             if (args.baseline / n / "results").is_dir()}}
-    if args.asv and report["gpus"] > 1:
+    if args.asv and (cards := args.out / "all-gpus-cards.json").is_file():
         one_gpu = {json.loads((d / "one-gpu.json").read_text()).get("card", "0"): asv_rounds(d, "one-gpu")
                    for d in [args.out, *args.cards]}
-        report["per_card"] = card_agreement(report["grid"], report["gpus"], one_gpu, every)
+        report["per_card"] = card_agreement(json.loads(cards.read_text()), one_gpu, every)
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"speedup: points {report['speedup']['points_s']}x, whole {'asv run' if args.asv else 'process'} "
           f"{report['speedup'][whole]}x", flush=True)

@@ -400,7 +400,7 @@ def test_the_scaling_tool_reads_each_card_against_a_run_on_that_card():
     one_gpu = {c: {f"{keys[i]}/{op}": [s] * 3 for i in keys for op in ("permute", "unpermute")} for c, s in speed.items()}
     every = {f"{keys[i]}/{op}": [speed[card_of[i]]] * 3 for i in keys for op in ("permute", "unpermute")}
     assert suite_scaling.agreement(one_gpu["0"], every)["beyond_3pct"] == sum(c == "1" for c in card_of.values()) * 2
-    per_card = suite_scaling.card_agreement({}, 2, one_gpu, every)
+    per_card = suite_scaling.card_agreement(suite_scaling.cards_of({}, 2), one_gpu, every)
     assert set(per_card) == {"0", "1"}
     assert all(a["max_abs_dev"] == pytest.approx(0) and a["only_in_one_run"] == 0 for a in per_card.values())
     assert sum(a["points"] for a in per_card.values()) == 1584

@@ -13,13 +13,14 @@ card (``device``) and host (``node``) that measured it; a mixed cluster (H100 + 
 reported per card, and no number is ever averaged across cards.
 
 Which worker measures which point is decided before the first point (``plan``), from the points
-and the workers' cards alone: jobs are balanced over the workers by estimated cost (largest first
+and the workers' cards alone: the points that share their seeded inputs go to one worker together
+(it draws them once), these groups are balanced over the workers by estimated cost (largest first
 onto the least loaded), workers are taken in the order of their (node, GPU ids), and each measures
 its share in grid order. So every run of the same grid measures each point on the same card after
-the same neighbours: two cards of one model differ by up to ~5 % at small T, and handing points to
+the same neighbours: two cards of one model differ by up to ~9 % at small T, and handing points to
 whichever worker was free first moved points between cards from one night to the next (two
-2-GPU runs of the nightly grid disagreed on 58 `vllm-ops` points by more than 3 %, two 1-GPU runs
-on 12; docs/measurements.md). The price: a slower card is not relieved by a faster one. A worker
+2-GPU runs of the nightly grid disagreed on 58 `vllm-ops` points by more than 3 %; planned, 2-4 of
+1584 point-ops; docs/measurements.md). The price: a slower card is not relieved by a faster one. A worker
 that dies (a crash in a kernel library, an OOM kill, node loss) loses only the point it was
 measuring: that point and the rest of its share go to its replacement (or, if none starts, to the
 other workers), the point at most ``MAX_ATTEMPTS`` times in all (a point that kills every worker
