@@ -16,7 +16,6 @@ missing from the run or a ratio is outside the tolerance, else 0.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from moebench.asvresults import Measurement, load_series  # noqa: E402
+from moebench.asvresults import Measurement, load_series, param_value  # noqa: E402
 from moebench.results import OK, load  # noqa: E402
 from moebench.suite import L2_CLASSES  # noqa: E402
 
@@ -43,7 +42,7 @@ def asv_measurements(results: Path, commit: str | None) -> dict[Key, "Measuremen
             continue
         chosen = [m for m in s.measurements if commit is None or m.commit.startswith(commit)]
         if chosen:
-            p = {k: ast.literal_eval(v) for k, v in s.params}  # asv keeps each value's repr
+            p = {k: param_value(v) for k, v in s.params}
             out[(CLASS_L2[cls], p["model"], p["dtype"], p["impl"], p["tokens"], op)] = chosen[-1]
     return out
 

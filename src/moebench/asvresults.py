@@ -6,6 +6,7 @@ Also the one unit scaling of seconds for display.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import math
@@ -47,6 +48,15 @@ class Series:
     @property
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.params) or "—"
+
+
+def param_value(text: str):
+    """A parameter's value from asv's record of it (asv keeps each value's ``repr``): 'fp8' is
+    fp8, '16' is 16; a repr that is not a Python literal (a benchmark's own objects) stays text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def load_json(path: Path, api_version: int | None) -> dict:

@@ -27,7 +27,6 @@ while bisections are still running), 2 on bad input.
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import json
 import os
@@ -166,12 +165,13 @@ def suite_env(benchmark: str, params: dict[str, str]) -> dict[str, str]:
     """The MOEBENCH_* variables that make moebench's suite measure just this one point; nothing
     for another suite (its ``--bench`` selection is all there is)."""
     from . import suite
+    from .asvresults import param_value
 
     cls = benchmark.split(".")[-2] if benchmark.count(".") >= 2 else ""
     l2 = next((mode for mode, name in suite.L2_CLASSES.items() if name == cls), None)
     if l2 is None or set(params) != set(suite.PARAM_NAMES):
         return {}
-    value = {k: str(ast.literal_eval(v)) for k, v in params.items()}
+    value = {k: str(param_value(v)) for k, v in params.items()}
     return {"MOEBENCH_MODELS": value["model"], "MOEBENCH_DTYPES": value["dtype"],
             "MOEBENCH_IMPLS": value["impl"], "MOEBENCH_BATCH_SIZES": value["tokens"], "MOEBENCH_L2": l2,
             "MOEBENCH_COLD_MODELS": "", "MOEBENCH_RAY": "off"}  # "": the nightly's cold-L2 list does not apply

@@ -49,6 +49,15 @@ def decode_reasons(mask: int) -> tuple[str, ...]:
     return tuple(name for bit, name in THROTTLE_BITS.items() if mask & bit)
 
 
+def nvml():
+    """NVML (nvidia-ml-py's ``pynvml``), initialized: the one place that opens it. Raises where
+    there is no library, driver or permission; callers decide what that means for them."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml
+
+
 class Nvml:
     """Opened once per process. ``read`` returns None off CUDA devices; on a CUDA device whose
     state NVML cannot give, a ``GpuState`` with only ``error``, so a result says why its state is
@@ -57,10 +66,7 @@ class Nvml:
     def __init__(self) -> None:
         self.error: str | None = None
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nv = pynvml
+            self._nv = nvml()
         except Exception as exc:  # no library, no driver, no permission: state is just unknown
             self._nv = None
             self.error = f"NVML unavailable: {one_line(exc, 120)}"
@@ -109,10 +115,7 @@ def visible_gpus() -> int:
     where it is set (CUDA stops at its first invalid entry: "-1" hides every GPU). 0 where NVML
     cannot answer."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        count = pynvml.nvmlDeviceGetCount()
+        count = nvml().nvmlDeviceGetCount()
     except Exception:  # no library, no driver: no GPU this process could use
         return 0
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -10,7 +10,6 @@ kept no quartiles), one line per parameter combination that ``--param`` leaves o
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
 import itertools
 import json
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .asvresults import param_value
 from .errors import BadInput
 
 MAX_LINES = 8  # more lines than this are unreadable in one panel; --param narrows the choice
@@ -53,10 +53,7 @@ class History:
 
 def _value(text: str) -> str:
     """asv stores parameter values as repr() strings: show 'fp8' as fp8."""
-    try:
-        return str(ast.literal_eval(text))
-    except (ValueError, SyntaxError):
-        return text
+    return str(param_value(text))
 
 
 def _close(name: str, choices: Sequence[str]) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .axes import TimerConfig
 from .files import atomic_write, cache_dir
+from .gpustate import nvml
 
 if TYPE_CHECKING:  # torch only where a ceiling is measured: a Ceiling unpickles without it
     import torch
@@ -108,10 +109,7 @@ def _driver() -> str | None:
     """The NVIDIA driver's version (NVML), or None where there is none: a new driver can move the
     copy bandwidth, so the cache keys on it."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        version = pynvml.nvmlSystemGetDriverVersion()
+        version = nvml().nvmlSystemGetDriverVersion()
         return version.decode() if isinstance(version, bytes) else str(version)
     except Exception:
         return None

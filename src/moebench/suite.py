@@ -334,7 +334,7 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
         for r in executor.recoveries:
             say(f"{r.point} left its worker unusable ({r.reason}); a fresh one took "
                 f"{r.seconds:.1f} s to start")
-        where, shares = executor.describe(), executor.meta().get("ray", {}).get("shares", {})
+        where, ray_meta = executor.describe(), executor.meta().get("ray", {})
         stopping = time.perf_counter()
     stopped = time.perf_counter()
 
@@ -353,9 +353,10 @@ def setup_grid(cfg: SuiteConfig, registry=None) -> Grid:
         f"{measured - skipped - len(failed)} ok, {skipped} skipped, {len(failed)} failed, "
         f"{time.perf_counter() - started:.1f} s (imports and models {opened - started:.1f} s, executor start "
         f"{ready - opened:.1f} s, points {points_s:.1f} s, executor stop {stopped - stopping:.1f} s)")
-    if shares:  # why N workers are not N times faster: more busy seconds in all, or an uneven plan
-        say("Ray workers: " + "; ".join(f"{i}: {s['points']} points, busy {s['busy_s']:.1f} s, done at "
-                                        f"{s['done_s']:.1f} s" for i, s in shares.items()))
+    if shares := ray_meta.get("shares"):  # why N workers are not N times faster: busier in all, or uneven
+        cards = {i: f"{w['node']} GPU {','.join(w['gpu_ids']) or '-'}" for i, w in enumerate(ray_meta["workers"])}
+        say("Ray workers: " + "; ".join(f"{i} ({cards[i]}): {s['points']} points, busy {s['busy_s']:.1f} s, "
+                                        f"done at {s['done_s']:.1f} s" for i, s in shares.items()))
     for why in gpu_state_errors(results):
         say(f"GPU state (clocks, throttling) unknown: {why}")
     for key, why in failed.items():

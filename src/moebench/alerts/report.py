@@ -4,7 +4,6 @@ per benchmark and machine, JSON.
 
 from __future__ import annotations
 
-import ast
 import re
 import statistics
 from dataclasses import asdict, dataclass, replace
@@ -12,7 +11,7 @@ from typing import Sequence
 from urllib.parse import quote
 
 
-from ..asvresults import Measurement, Series, scaled
+from ..asvresults import Measurement, Series, param_value, scaled
 from ..axes import CONTROL_IMPLS
 from ..errors import BadInput
 
@@ -156,7 +155,7 @@ def _step_at(steps: list[dict], commit: str, unit: str) -> dict:
 
 def _impl(s: Series) -> str | None:
     value = dict(s.params).get("impl")
-    return None if value is None else ast.literal_eval(value)
+    return None if value is None else param_value(value)
 
 
 def _shape_key(s: Series) -> tuple:
