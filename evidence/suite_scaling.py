@@ -214,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if (args.baseline or args.cards) and not args.asv:
         ap.error("--baseline and --cards compare asv runs: add --asv")
+    if args.baseline and not args.baseline.is_dir():
+        ap.error(f"--baseline {args.baseline}: no such folder")
+    for d in args.cards:
+        if not ((d / "one-gpu.json").is_file() and (d / "one-gpu" / "results").is_dir()):
+            ap.error(f"--cards {d}: no one-GPU asv run there (one-gpu.json and one-gpu/results)")
     import torch
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -406,3 +406,25 @@ def test_the_scaling_tool_reads_each_card_against_a_run_on_that_card():
     assert set(per_card) == {"0", "1"}
     assert all(a["max_abs_dev"] == pytest.approx(0) and a["only_in_one_run"] == 0 for a in per_card.values())
     assert sum(a["points"] for a in per_card.values()) == 1584
+
+
+def test_the_nightly_picture_compares_each_pair_the_folder_holds():
+    """plot_nightly's pairs: two GPUs against card 0, against each point's own card (where a
+    one-GPU run on card 1 exists), and each configuration against its second run."""
+    sys.path.insert(0, str(REPO / "evidence"))
+    import plot_nightly
+
+    cards = {"warm/m/auto/vllm-ops/1": "0", "warm/m/auto/vllm-ops/2": "1"}
+    one = {"warm/m/auto/vllm-ops/1/permute": [1.0], "warm/m/auto/vllm-ops/2/permute": [1.0]}
+    card1 = {k: [1.1] for k in one}  # the second card is 10 % slower
+    two = {"warm/m/auto/vllm-ops/1/permute": [1.0], "warm/m/auto/vllm-ops/2/permute": [1.1]}
+    got = plot_nightly.pairs({"one-gpu": one, "all-gpus": two}, cards)
+    assert list(got) == ["2 GPUs vs 1 GPU (card 0)"]  # nothing else to compare with
+    got = plot_nightly.pairs({"one-gpu": one, "all-gpus": two, "card1-one-gpu": card1, "one-gpu-again": one,
+                              "all-gpus-again": two}, cards)
+    assert list(got) == ["2 GPUs vs 1 GPU (card 0)", "2 GPUs vs 1 GPU, same card", "1 GPU vs 1 GPU (card 0)",
+                         "2 GPUs vs 2 GPUs"]
+    by_card, after = got["2 GPUs vs 1 GPU, same card"]
+    assert by_card == {"warm/m/auto/vllm-ops/1/permute": [1.0], "warm/m/auto/vllm-ops/2/permute": [1.1]}
+    assert plot_nightly.p95_by_t(by_card, after) == {1: 0.0, 2: pytest.approx(0.0)}
+    assert plot_nightly.p95_by_t(*got["2 GPUs vs 1 GPU (card 0)"])[2] == pytest.approx(0.1)
