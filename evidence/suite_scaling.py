@@ -21,7 +21,7 @@ agree when those ratios stay within the noise between fresh processes. Writes ``
 and each run's log (and grid or asv results) under ``OUT``.
 
 Cards of one model differ (by up to ~9 % at some small-T points on one H200 host), and an all-GPU
-run measures each point on the card ``moebench.fanout.plan`` gives it. ``--card K`` makes the
+run measures each point on the card ``moebench.cardplan.plan`` gives it. ``--card K`` makes the
 one-GPU run use card K (``CUDA_VISIBLE_DEVICES``); ``--cards OTHER_OUT ...`` names folders holding
 one-GPU asv runs on the other cards. Then each card's share of the all-GPU run is also compared
 with a one-GPU run on that same card (``per_card``): the agreement the second GPU itself costs.
@@ -81,13 +81,13 @@ def run(name: str, env: dict[str, str], out: Path) -> dict:
 
 def cards_of(env: dict[str, str], gpus: int) -> dict[str, str]:
     """The card that measures each point (key ``l2/model/dtype/impl/T``) when the suite's grid for
-    ``env`` runs on ``gpus`` GPUs of one host: ``fanout.plan`` over ``suite.grid_points``, the
-    workers in ``fanout.card_order``."""
-    from moebench import fanout, suite
+    ``env`` runs on ``gpus`` GPUs of one host: ``cardplan.plan`` over ``suite.grid_points``, the
+    workers in ``cardplan.card_order``."""
+    from moebench import cardplan, suite
 
     _, keyed = suite.grid_points(suite.SuiteConfig.from_env(env))
-    cards = sorted((str(g) for g in range(gpus)), key=lambda g: fanout.card_order("", (g,)))
-    lanes = fanout.plan([p for _, p in keyed], len(cards))
+    cards = sorted((str(g) for g in range(gpus)), key=lambda g: cardplan.card_order("", (g,)))
+    lanes = cardplan.plan([p for _, p in keyed], len(cards))
     return {"/".join(map(str, keyed[i][0])): card for card, lane in zip(cards, lanes) for i in lane}
 
 

@@ -281,9 +281,10 @@ def test_a_faulting_point_costs_its_worker_and_the_ray_grid_goes_on(cluster, fau
 def test_the_plan_puts_each_point_on_the_same_card_every_run():
     """Which card measures a point is decided from the points and the cards alone: the same grid
     gives every card the same share in every run, whichever worker Ray started first (two cards
-    differ by up to ~5 % at small T, so a point that changed cards would step in its history);
+    differ by up to ~9 % at small T, so a point that changed cards would step in its history);
     shares are balanced by estimated cost and measured in grid order."""
-    from moebench.fanout import WorkerInfo, _cost, _Live, _shares, plan
+    from moebench.cardplan import SLACK, cost, plan
+    from moebench.fanout import WorkerInfo, _Live, _shares
     from moebench.roofline import Ceiling
 
     shape = resolve("deepseek-ai/DeepSeek-V3")
@@ -305,9 +306,9 @@ def test_the_plan_puts_each_point_on_the_same_card_every_run():
     # the points that share their inputs (every dtype and implementation at one T) on one card
     lanes = {i: k for k, share in enumerate(shares) for i, _ in share}
     assert all(len({lanes[i] for i, p in enumerate(points) if p.inputs == q.inputs}) == 1 for q in points)
-    loads = [sum(_cost(points[i]) for i, _ in share) for share in shares]
-    group = max(sum(_cost(p) for p in points if p.inputs == q.inputs) for q in points)
-    assert abs(loads[0] - loads[1]) <= group  # balanced within one group
+    loads = [sum(cost(points[i]) for i, _ in share) for share in shares]
+    group = max(sum(cost(p) for p in points if p.inputs == q.inputs) for q in points)
+    assert max(loads) <= (1 + SLACK) * sum(loads) / 2 + group  # balanced within the slack and one group
     three = _shares(points, workers(["0", "1", "2"]))
     assert all(three.values()) and sum(map(len, three.values())) == len(points)
     # the lanes of ``plan`` are the cards in order: what an evidence tool reads to tell which card measured a point

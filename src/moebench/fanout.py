@@ -12,25 +12,19 @@ cluster without GPUs), builds the implementation registry, the bandwidth ceiling
 card (``device``) and host (``node``) that measured it; a mixed cluster (H100 + H200) is
 reported per card, and no number is ever averaged across cards.
 
-Which worker measures which point is decided before the first point (``plan``), from the points
-and the workers' cards alone: the points that share their seeded inputs go to one worker together
-(it draws them once), these groups are balanced over the workers by estimated cost (largest first
-onto the least loaded), workers are taken in the order of their (node, GPU ids), and each measures
-its share in grid order. So every run of the same grid measures each point on the same card after
-the same neighbours: two cards of one model differ by up to ~9 % at small T, and handing points to
-whichever worker was free first moved points between cards from one night to the next (two
-2-GPU runs of the nightly grid disagreed on 58 `vllm-ops` points by more than 3 %; planned, 2-4 of
-1584 point-ops; docs/measurements.md). The price: a slower card is not relieved by a faster one. A worker
-that dies (a crash in a kernel library, an OOM kill, node loss) loses only the point it was
-measuring: that point and the rest of its share go to its replacement (or, if none starts, to the
-other workers), the point at most ``MAX_ATTEMPTS`` times in all (a point that kills every worker
-it touches must not take the whole cluster down); a point that cannot be finished becomes a failed
-result whose reason starts with ``lost:``. A worker whose
-point left its CUDA context unusable (``isolate.broken_after``: a sticky error), or that exceeds
-the point's watchdog limit (``isolate.watchdog_s``), is killed and its point failed with that
-reason. Each lost worker is replaced by a fresh one with the same settings and ceiling
-(``recoveries``; ``meta["ray"]["replaced"]``). Results reach ``run_grid`` as each one finishes,
-so its results file holds every finished point and ``--resume`` continues a killed sweep.
+Which worker measures which point is decided before the first point, from the points and the
+workers' cards alone (``cardplan.plan``: the same card, after the same neighbours, every night;
+points that share their inputs together), and each worker measures its share in grid order. The
+price: a slower card is not relieved by a faster one. A worker that dies (a crash in a kernel
+library, an OOM kill, node loss) loses only the point it was measuring: that point and the rest of
+its share go to its replacement (or, if none starts, to the other workers), the point at most
+``MAX_ATTEMPTS`` times in all (a point that kills every worker it touches must not take the whole
+cluster down); a point that cannot be finished becomes a failed result whose reason starts with
+``lost:``. A worker whose point left its CUDA context unusable (``isolate.broken_after``: a sticky
+error), or that exceeds the point's watchdog limit (``isolate.watchdog_s``), is killed and its
+point failed with that reason. Each lost worker is replaced by a fresh one with the same settings
+and ceiling (``recoveries``; ``meta["ray"]["replaced"]``). Results reach ``run_grid`` as each one
+finishes, so its results file holds every finished point and ``--resume`` continues a killed sweep.
 
 Ray is imported only when a pool is made (``raycluster.ray_module``): it is an optional extra.
 """
@@ -46,6 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .axes import TimerConfig, clock_name
+from .cardplan import card_order, plan
 from .errors import BadInput, describe
 from .grid import Job
 from .isolate import FRESH, Recovery, device_runner, run_and_judge, unusable_reason, watchdog_reason, watchdog_s
@@ -225,7 +220,7 @@ class Pool:
 
     def run(self, jobs: Sequence[Job], on_result: Callable[[int, PointResult], None],
             on_start: Callable[[int], None] | None = None) -> None:
-        """Every job run once, on the worker ``plan`` gives it; ``on_result(i, result)`` as each
+        """Every job run once, on the worker ``cardplan.plan`` gives it; ``on_result(i, result)`` as each
         one finishes (in completion order). ``on_start`` is not called: points run several at a
         time."""
         ray = ray_module()
@@ -371,44 +366,9 @@ class Pool:
         self.close()
 
 
-# A point's seconds, estimated only to balance ``plan``: ~0.1 s of fixed work (captures, the
-# gate, five rounds) plus its data (DeepSeek-V3 at T=4096, 235 M elements: ~0.7 s on an H200).
-POINT_BASE_S = 0.1
-POINT_ELEMENT_S = 3e-9
-
-
-def _cost(p: Point) -> float:
-    return POINT_BASE_S + POINT_ELEMENT_S * p.num_tokens * p.topk * p.hidden_size
-
-
-def plan(points: Sequence[Point], workers: int) -> list[list[int]]:
-    """Which points (indices, in grid order) each of ``workers`` workers measures. Points that
-    share their seeded inputs (``Point.inputs``) go to one worker together, which draws them once:
-    split over two workers, the nightly grid's draws cost the pair 4-10 s more busy seconds than one
-    GPU spends on the whole grid. Groups go costliest first onto the least loaded worker, ties to
-    the earlier group and worker. Lane k belongs to the k-th worker in ``card_order``, so the same
-    points on the same cards give every card the same share (and an evidence tool that knows the
-    cards can tell which card measured a point)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(points):
-        groups.setdefault(p.inputs, []).append(i)
-    load, lanes = [0.0] * workers, [[] for _ in range(workers)]
-    for cost, members in sorted(((sum(_cost(points[i]) for i in m), m) for m in groups.values()),
-                                key=lambda g: (-g[0], g[1][0])):
-        k = min(range(workers), key=lambda k: (load[k], k))
-        lanes[k] += members
-        load[k] += cost
-    return [sorted(lane) for lane in lanes]
-
-
-def card_order(node: str, gpu_ids: Sequence[str]) -> tuple:
-    """The order in which workers take ``plan``'s lanes: by host, then by the GPU ids Ray gave
-    them (as text, as Ray's ids are recorded)."""
-    return (node, tuple(gpu_ids))
-
-
 def _shares(points: Sequence[Point], workers: Sequence[_Live]) -> dict[int, deque]:
-    """``plan``'s lanes as each live worker's share: (job index, attempt 1), keyed by worker index."""
+    """``cardplan.plan``'s lanes as each live worker's share: (job index, attempt 1), keyed by
+    worker index."""
     order = sorted(workers, key=lambda w: (card_order(w.info.node, w.info.gpu_ids), w.index))
     return {w.index: deque((i, 1) for i in lane) for w, lane in zip(order, plan(points, len(order)))}
 

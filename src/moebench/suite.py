@@ -264,7 +264,7 @@ def registry_factory(spec: str | None):
 def grid_points(cfg: SuiteConfig) -> tuple[Grid, list[tuple[GridKey, Point]]]:
     """What ``setup_grid`` does not measure (the L2 modes left out; the dtype modes a model's rows
     cannot take, skipped with why), and every point it measures with its key, in measuring order:
-    that order, and the cards, decide which card measures a point (``fanout.plan``)."""
+    that order, and the cards, decide which card measures a point (``cardplan.plan``)."""
     from .grid import SweepSpec, validate_row_bytes
     from .models import resolve
 
