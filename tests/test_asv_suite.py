@@ -399,7 +399,8 @@ def test_the_scaling_tool_reads_each_card_against_a_run_on_that_card():
     card_of = {i: w.info.gpu_ids[0] for w in started for i, _ in _shares([p for _, p in keyed], started)[w.index]}
     speed = {"0": 1.0, "1": 1.1}  # card 1 is 10 % slower everywhere
     keys = {i: "/".join(map(str, k)) for i, (k, _) in enumerate(keyed)}
-    one_gpu = {c: {f"{keys[i]}/{op}": [s] * 3 for i in keys for op in ("permute", "unpermute")} for c, s in speed.items()}
+    series = [f"{keys[i]}/{op}" for i in keys for op in ("permute", "unpermute")]
+    one_gpu = {c: {k: [s] * 3 for k in series} for c, s in speed.items()}
     every = {f"{keys[i]}/{op}": [speed[card_of[i]]] * 3 for i in keys for op in ("permute", "unpermute")}
     assert suite_scaling.agreement(one_gpu["0"], every)["beyond_3pct"] == sum(c == "1" for c in card_of.values()) * 2
     per_card = suite_scaling.card_agreement(suite_scaling.cards_of({}, 2), one_gpu, every)

@@ -58,7 +58,8 @@ def test_the_nightly_grid_is_spread_evenly(workers):
 
 def test_the_plan_is_the_same_in_every_process():
     """Python salts ``hash`` of text per process: a plan built on it would differ every night."""
-    code = ("import json; from moebench import cardplan, suite; _, k = suite.grid_points(suite.SuiteConfig.from_env({}));"
+    code = ("import json; from moebench import cardplan, suite; "
+            "_, k = suite.grid_points(suite.SuiteConfig.from_env({})); "
             "print(json.dumps(cardplan.plan([p for _, p in k], 2)))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout for seed in ("1", "2")]
