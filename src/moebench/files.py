@@ -1,10 +1,11 @@
 """Writing a file so that no reader, and no interrupted writer, ever leaves half of it: results,
 the caches, the release manifest and bisection state all go through ``atomic_write``; and where
-moebench keeps its caches (``cache_dir``). Torch-free, so the commands that only write files import
-nothing heavy."""
+moebench keeps its caches (``cache_dir``) and how it reads and adds their entries (``cached``,
+``remember``). Torch-free, so the commands that only write files import nothing heavy."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,3 +39,23 @@ def cache_dir() -> Path:
     else ~/.cache/moebench."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "moebench"
+
+
+def cached(name: str) -> dict:
+    """The entries of the cache file ``name`` (a JSON object in ``cache_dir``); {} where there is
+    none yet or it cannot be read: the entry is then just computed again."""
+    try:
+        entries = json.loads((cache_dir() / name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def remember(name: str, key: str, value) -> None:
+    """Add ``key`` to the cache file ``name``, keeping the entries another process (a Ray worker,
+    the next asv commit) wrote meanwhile; a read-only home only costs computing it again later."""
+    entries = {**cached(name), key: value}
+    try:
+        atomic_write(cache_dir() / name, lambda f: json.dump(entries, f, indent=1))
+    except OSError:
+        pass

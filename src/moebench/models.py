@@ -15,8 +15,8 @@ file read. Hub ids are not cached.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -26,9 +26,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import BadInput, one_line
-from .files import atomic_write, cache_dir
+from .files import cached, remember
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+SHAPES = "shapes.json"  # the cache file of resolved shapes (``files.cache_dir``)
 DEFAULT_MODEL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 
 # Spellings seen across MoE configs, most specific first. A value that is None or 0 does not
@@ -162,38 +163,35 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     return None
 
 
-def _shapes_file() -> Path:
-    return cache_dir() / "shapes.json"
-
-
-def _shape_key(config_json: Path, model: str, source: str, trust_remote_code: bool) -> str:
-    """What a cached shape depends on: the config's bytes, how this module reads it, and the
-    transformers that parses it."""
-    h = hashlib.sha256(config_json.read_bytes())
-    h.update(Path(__file__).read_bytes())
+@functools.cache
+def _reader() -> bytes:
+    """How a config becomes a shape: this module's source and the transformers that parses it."""
     try:
-        h.update(metadata.version("transformers").encode())
+        version = metadata.version("transformers")
     except metadata.PackageNotFoundError:
-        pass
-    h.update(f"|{model}|{source}|{trust_remote_code}".encode())
+        version = ""
+    return Path(__file__).read_bytes() + version.encode()
+
+
+def _shape_key(config_json: Path, name: str, source: str, trust_remote_code: bool) -> str:
+    """What a cached shape depends on: the config's bytes and how it is read."""
+    h = hashlib.sha256(config_json.read_bytes())
+    h.update(_reader())
+    h.update(f"|{name}|{source}|{trust_remote_code}".encode())
     return h.hexdigest()
 
 
-def _cached_shapes() -> dict[str, dict]:
-    try:
-        shapes = json.loads(_shapes_file().read_text())
-    except (OSError, ValueError):  # none yet, or unreadable: resolve again
-        return {}
-    return shapes if isinstance(shapes, dict) else {}
-
-
-def _remember(key: str, shape: MoEShape) -> None:
-    shapes = _cached_shapes()
-    shapes[key] = asdict(shape)
-    try:
-        atomic_write(_shapes_file(), lambda f: json.dump(shapes, f, indent=1))
-    except OSError:  # a read-only home: the shape is just not cached
-        pass
+def _locate(model: str) -> tuple[str, str, str]:
+    """Where ``model``'s config is, where from ("local", "snapshot" or "hub"), and the name its
+    shape carries."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadInput(f"{model} is a directory without config.json")
+        return str(path), "local", model
+    if (snapshot := _snapshot_dir(model)) is not None:
+        return str(snapshot), "snapshot", f"{snapshot.parent.name}/{snapshot.name}"
+    return model, "hub", model
 
 
 def resolve(model: str, trust_remote_code: bool = False) -> MoEShape:
@@ -203,26 +201,20 @@ def resolve(model: str, trust_remote_code: bool = False) -> MoEShape:
     network); the hub, with short timeouts so an offline machine fails fast. Shapes read from a
     file are cached (see the module docstring).
     """
-    path = Path(model).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        key = _shape_key(path / "config.json", model, "local", trust_remote_code)
-    elif (snapshot := _snapshot_dir(model)) is not None:
-        key = _shape_key(snapshot / "config.json", f"{snapshot.parent.name}/{snapshot.name}", "snapshot",
-                         trust_remote_code)
-    else:
-        key = None
-    if key is not None and (cached := _cached_shapes().get(key)) is not None:
+    location, source, name = _locate(model)
+    key = None if source == "hub" else _shape_key(Path(location) / "config.json", name, source, trust_remote_code)
+    if key is not None and (entry := cached(SHAPES).get(key)) is not None:
         try:
-            return MoEShape(**cached)
+            return MoEShape(**entry)
         except TypeError:  # an entry of another layout: resolve again
             pass
-    shape = _resolve(model, trust_remote_code)
+    shape = _resolve(location, source, name, trust_remote_code)
     if key is not None:
-        _remember(key, shape)
+        remember(SHAPES, key, asdict(shape))
     return shape
 
 
-def _resolve(model: str, trust_remote_code: bool) -> MoEShape:
+def _resolve(location: str, source: str, model: str, trust_remote_code: bool) -> MoEShape:
     """``resolve`` through transformers' ``AutoConfig``."""
     # Set before transformers pulls in huggingface_hub, which reads them once at import.
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
@@ -233,22 +225,12 @@ def _resolve(model: str, trust_remote_code: bool) -> MoEShape:
 
     hf_logging.set_verbosity_error()  # deprecation chatter about config fields is not ours to fix
 
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise BadInput(f"{model} is a directory without config.json")
-        location, source = str(path), "local"
-    elif (snapshot := _snapshot_dir(model)) is not None:
-        location, source = str(snapshot), "snapshot"
-        model = f"{snapshot.parent.name}/{snapshot.name}"
-    else:
-        location, source = model, "hub"
-        if (why := _hub_unreachable()) is not None:
-            raise BadInput(
-                f"unknown model {model!r}: not a local directory with config.json, not a shipped "
-                f"snapshot, and the Hugging Face hub is unreachable ({why}). "
-                f"Shipped: {', '.join(shipped_models())}"
-            )
+    if source == "hub" and (why := _hub_unreachable()) is not None:
+        raise BadInput(
+            f"unknown model {model!r}: not a local directory with config.json, not a shipped "
+            f"snapshot, and the Hugging Face hub is unreachable ({why}). "
+            f"Shipped: {', '.join(shipped_models())}"
+        )
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError/ValueError/KeyError variously

@@ -11,18 +11,17 @@ where Triton is installed (torch's ``copy_`` reaches only ~2/3 of the bandwidth 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .axes import TimerConfig
-from .files import atomic_write, cache_dir
+from .files import cached, remember
 from .gpustate import nvml
 
 if TYPE_CHECKING:  # torch only where a ceiling is measured: a Ceiling unpickles without it
     import torch
 
+CEILINGS = "ceilings.json"  # the cache file (``files.cache_dir``)
 COPY_BYTES = 1 << 30  # large enough to defeat any cache (H200 L2 is 60 MiB)
 CPU_COPY_BYTES = 256 << 20
 INDEX_BYTES = 4  # routing ids and index outputs are int32
@@ -48,10 +47,6 @@ def unpermute_bytes(t: int, k: int, h: int, n_local_slots: int, elt: int) -> int
 
 def floor_us(nbytes: int, ceiling: Ceiling) -> float:
     return nbytes / ceiling.bytes_per_s * 1e6
-
-
-def _cache_file() -> Path:
-    return cache_dir() / "ceilings.json"
 
 
 def _triton_copy():
@@ -124,21 +119,9 @@ def cache_key(device: torch.device) -> str:
 def ceiling(device: torch.device, refresh: bool = False) -> Ceiling:
     """Cached per device name and driver version; measured on first use. Workers of one machine
     (Ray actors, replaced isolated workers, every asv commit's setup_cache) share the file."""
-    path = _cache_file()
     key = cache_key(device)
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if not refresh and key in cache:
-        return Ceiling(**cache[key])
+    if not refresh and (entry := cached(CEILINGS).get(key)) is not None:
+        return Ceiling(**entry)
     c = measure_ceiling(device)
-    try:
-        try:  # another process may have written meanwhile: keep its entries
-            cache = {**json.loads(path.read_text()), key: asdict(c)}
-        except (OSError, ValueError):
-            cache[key] = asdict(c)
-        atomic_write(path, lambda f: json.dump(cache, f, indent=1))
-    except OSError:
-        pass  # a read-only home only costs a re-measure next time
+    remember(CEILINGS, key, asdict(c))
     return c
