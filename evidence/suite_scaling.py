@@ -81,13 +81,12 @@ def run(name: str, env: dict[str, str], out: Path) -> dict:
 
 def cards_of(env: dict[str, str], gpus: int) -> dict[str, str]:
     """The card that measures each point (key ``l2/model/dtype/impl/T``) when the suite's grid for
-    ``env`` runs on ``gpus`` GPUs of one host: ``cardplan.plan`` over ``suite.grid_points``, the
-    workers in ``cardplan.card_order``."""
+    ``env`` runs on ``gpus`` GPUs of one host: ``cardplan.by_card`` over ``suite.grid_points``."""
     from moebench import cardplan, suite
 
     _, keyed = suite.grid_points(suite.SuiteConfig.from_env(env))
-    cards = sorted((str(g) for g in range(gpus)), key=lambda g: cardplan.card_order("", (g,)))
-    lanes = cardplan.plan([p for _, p in keyed], len(cards))
+    cards = [str(g) for g in range(gpus)]
+    lanes = cardplan.by_card([p for _, p in keyed], [("", (g,)) for g in cards])
     return {"/".join(map(str, keyed[i][0])): card for card, lane in zip(cards, lanes) for i in lane}
 
 

@@ -19,8 +19,9 @@ How:
   ~1-4 % of the existing points to another card (2 or 4 GPUs; at most ~10 %), where assigning the
   costliest group first to the least loaded card moved half of them (each a possible step in its
   history), and the loads stay within ~3 % of even (within ``SLACK`` and one group at worst).
-- Lane k belongs to the k-th worker in ``card_order``; a lane lists its points in grid order, the
-  order its worker measures them.
+- ``by_card`` hands lane k to the k-th card in (host, GPU ids) order, so a card gets the same
+  lane whichever worker Ray started first; a lane lists its points in grid order, the order its
+  worker measures them.
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ def plan(points: Sequence[Point], workers: int) -> list[list[int]]:
     return [sorted(lane) for lane in lanes]
 
 
-def card_order(node: str, gpu_ids: Sequence[str]) -> tuple:
-    """The order in which workers take the plan's lanes: by host, then by the GPU ids Ray gave
-    them (as text, as Ray's ids are recorded)."""
-    return (node, tuple(gpu_ids))
+def by_card(points: Sequence[Point], cards: Sequence[tuple[str, Sequence[str]]]) -> list[list[int]]:
+    """Each card's lane, in the order of ``cards`` (one (host, GPU ids) per worker, as Ray gave
+    them, compared as text): lanes go to the cards sorted, workers with the same card (CPU
+    workers have none) in the order given."""
+    order = sorted(range(len(cards)), key=lambda i: (cards[i][0], tuple(cards[i][1])))
+    lanes = plan(points, len(cards))
+    out: list[list[int]] = [[] for _ in cards]
+    for i, lane in zip(order, lanes):
+        out[i] = lane
+    return out

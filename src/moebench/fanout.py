@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .axes import TimerConfig, clock_name
-from .cardplan import card_order, plan
+from .cardplan import by_card
 from .errors import BadInput, describe
 from .grid import Job
 from .isolate import FRESH, Recovery, device_runner, run_and_judge, unusable_reason, watchdog_reason, watchdog_s
@@ -369,8 +369,9 @@ class Pool:
 def _shares(points: Sequence[Point], workers: Sequence[_Live]) -> dict[int, deque]:
     """``cardplan.plan``'s lanes as each live worker's share: (job index, attempt 1), keyed by
     worker index."""
-    order = sorted(workers, key=lambda w: (card_order(w.info.node, w.info.gpu_ids), w.index))
-    return {w.index: deque((i, 1) for i in lane) for w, lane in zip(order, plan(points, len(order)))}
+    ordered = sorted(workers, key=lambda w: w.index)
+    lanes = by_card(points, [(w.info.node, w.info.gpu_ids) for w in ordered])
+    return {w.index: deque((i, 1) for i in lane) for w, lane in zip(ordered, lanes)}
 
 
 def _death_reason(exc: BaseException) -> str:
