@@ -131,6 +131,17 @@ class _Live:
     info: WorkerInfo
 
 
+@dataclass(frozen=True)
+class _Running:
+    """A point handed to a worker and not yet back."""
+
+    worker: _Live
+    index: int  # the job's
+    attempt: int
+    handed: float  # time.monotonic() when it was handed over
+    deadline: float  # when the watchdog gives up on it
+
+
 class Pool:
     """Workers on a Ray cluster, started once and used for any number of ``run`` calls.
 
@@ -220,9 +231,9 @@ class Pool:
 
     def run(self, jobs: Sequence[Job], on_result: Callable[[int, PointResult], None],
             on_start: Callable[[int], None] | None = None) -> None:
-        """Every job run once, on the worker ``cardplan.plan`` gives it; ``on_result(i, result)`` as each
-        one finishes (in completion order). ``on_start`` is not called: points run several at a
-        time."""
+        """Every job run once, on the worker ``cardplan.plan`` gives it; ``on_result(i, result)``
+        as each one finishes (in completion order). ``on_start`` is not called: points run several
+        at a time."""
         ray = ray_module()
         from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 
@@ -231,7 +242,7 @@ class Pool:
         points, timers = [p for p, _ in jobs], [t for _, t in jobs]
         shares = _shares(points, self._live)  # worker index -> its (job index, attempt) in grid order
         idle = list(self._live)
-        running: dict[Any, tuple[_Live, int, int, float, float]] = {}  # ref -> worker, index, attempt, deadline, handed
+        running: dict[Any, _Running] = {}  # Ray's reference to the result -> what it is
 
         def hand_over(w: _Live, fresh: list[_Live], retry: tuple[int, int] | None = None) -> None:
             """``w``'s share (and ``retry`` first) to its replacement, else to the other workers."""
@@ -251,26 +262,28 @@ class Pool:
             for w in [w for w in idle if shares.get(w.index)]:
                 idle.remove(w)
                 i, attempt = shares[w.index].popleft()
-                handed = time.monotonic()
-                deadline = handed + watchdog_s(points[i], self.point_timeout_s)
-                running[w.handle.run.remote(points[i], timers[i])] = (w, i, attempt, deadline, handed)
+                now = time.monotonic()
+                running[w.handle.run.remote(points[i], timers[i])] = _Running(
+                    w, i, attempt, now, now + watchdog_s(points[i], self.point_timeout_s))
             if not running:  # points left, workers all dead
                 for i, _ in (job for share in shares.values() for job in share):
                     on_result(i, self._lost(points[i], timers[i], self.deaths[-1], "no live worker left to run it"))
                 break
-            wait_s = max(0.0, min(v[3] for v in running.values()) - time.monotonic())
+            wait_s = max(0.0, min(r.deadline for r in running.values()) - time.monotonic())
             ready, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
             if not ready:  # the watchdog: every point past its limit costs its worker
-                for ref in [r for r, v in running.items() if v[3] <= time.monotonic()]:
-                    w, i, *_ = running.pop(ref)
+                for ref in [ref for ref, r in running.items() if r.deadline <= time.monotonic()]:
+                    late = running.pop(ref)
+                    w, i = late.worker, late.index
                     why = watchdog_reason(watchdog_s(points[i], self.point_timeout_s))
                     self._bury(w, points[i], why)
                     on_result(i, self._failed(points[i], timers[i], w.info.device, w.info.node, f"{why} {FRESH}"))
                     hand_over(w, self._replace(w, points[i], why))
                 continue
-            w, i, attempt, _, handed = running.pop(ready[0])
+            back = running.pop(ready[0])
+            w, i, attempt = back.worker, back.index, back.attempt
             share = self.shares.setdefault(w.index, Share())
-            share.points, share.busy_s = share.points + 1, share.busy_s + time.monotonic() - handed
+            share.points, share.busy_s = share.points + 1, share.busy_s + time.monotonic() - back.handed
             share.done_s = self.sweep_s + time.monotonic() - t0
             try:
                 result, broken = ray.get(ready[0])
