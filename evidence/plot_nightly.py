@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite_scaling import agreement, asv_rounds, on_card, ratios  # noqa: E402
+from suite_scaling import agreement, asv_rounds, on_card, ratios, said  # noqa: E402
 
 PARTS = (("points_s", "points (setup_cache)"), ("fixed_s", "setup_cache fixed"), ("lookups_s", "asv lookups"),
          ("asv_rest_s", "asv's own"))
@@ -125,9 +125,7 @@ def main(argv: list[str]) -> int:
     fig.savefig(args.png, dpi=110)
     print(f"wrote {args.png}")
     for label, a in summary.items():
-        print(f"{label}: {a['points']} (point, op), median |ratio-1| {a['median_abs_dev']:.2%}, p95 "
-              f"{a['p95_abs_dev']:.2%}, max {a['max_abs_dev']:.2%}, {a['beyond_3pct']} beyond 3 %, "
-              f"{a['within_round_spread']} within the larger round spread")
+        print(said(label, a))
     if args.json:
         args.json.write_text(json.dumps({"device": device, "pairs": summary}, indent=1) + "\n")
     return 0

@@ -141,15 +141,7 @@ def warm_up(env: dict[str, str], out: Path) -> dict:
     """The grid once, one short round per point, on every GPU: Triton's compilations land in its
     disk cache (and the ceiling in moebench's), as after any earlier night."""
     quick = {**env, "MOEBENCH_RAY": "auto", "MOEBENCH_ROUNDS": "1", "MOEBENCH_REPLAYS": "1"}
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", SETUP_CACHE, str(out / "warm-up.pkl"), str(ROOT / "src")],
-                          env=quick, capture_output=True, text=True)
-    (out / "warm-up.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"warm-up failed (exit {proc.returncode}); see {out / 'warm-up.log'}")
-    wall = time.monotonic() - t0
-    print(f"warm-up (compiles, ceiling): {wall:.1f} s", flush=True)
-    return {"wall_s": round(wall, 1)}
+    return {"wall_s": run("warm-up", quick, out)["process_s"]}
 
 
 def asv_rounds(out: Path, name: str) -> dict[str, list[float]]:
@@ -188,8 +180,9 @@ def agreement(before: dict[str, list[float]], after: dict[str, list[float]]) -> 
             "worst": sorted(by_point.items(), key=lambda kv: -abs(kv[1] - 1))[:8]}
 
 
-def _said(what: str, a: dict) -> str:
-    return (f"{what}: {a['points']} points, median |ratio-1| {a['median_abs_dev']:.2%}, p95 {a['p95_abs_dev']:.2%}, "
+def said(what: str, a: dict) -> str:
+    """``agreement``'s figures in a line."""
+    return (f"{what}: {a['points']} (point, op), median |ratio-1| {a['median_abs_dev']:.2%}, p95 {a['p95_abs_dev']:.2%}, "
             f"max {a['max_abs_dev']:.2%}, {a['beyond_3pct']} beyond 3 %, {a['within_round_spread']} within the "
             "larger round spread")
 
@@ -260,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"speedup: points {report['speedup']['points_s']}x, whole {'asv run' if args.asv else 'process'} "
           f"{report['speedup'][whole]}x", flush=True)
-    print(_said("all GPUs vs one", report["agreement"]), flush=True)
+    print(said("all GPUs vs one", report["agreement"]), flush=True)
     for card, a in report.get("per_card", {}).items():
-        print(_said(f"card {card}: all GPUs vs one GPU on this card", a), flush=True)
+        print(said(f"card {card}: all GPUs vs one GPU on this card", a), flush=True)
     for n, a in report.get("baseline", {}).get("agreement", {}).items():
-        print(_said(f"{n} vs {n} of {args.baseline}", a), flush=True)
+        print(said(f"{n} vs {n} of {args.baseline}", a), flush=True)
     return 0
 
 
