@@ -74,19 +74,13 @@ class Phases:
 @contextmanager
 def _instrumented(phases: Phases, registry):
     """Wrap the phases run_point goes through (module attributes it looked up at import)."""
-    saved = [(runpoint, n, getattr(runpoint, n)) for n in ("make_inputs", "_gate", "measure", "run_point")]
-    saved += [(MoEInputs, "copy", MoEInputs.copy), (Nvml, "read", Nvml.read),
-              (torch.cuda, "empty_cache", torch.cuda.empty_cache)]
-    saved += [(impl, "prepare", impl.prepare) for impl in registry.values()]
-    phases.wrap(runpoint, "make_inputs", "inputs")
-    phases.wrap(runpoint, "_gate", "gate")
-    phases.wrap(runpoint, "measure", "timer")
-    phases.wrap(runpoint, "run_point", "run_point")
-    phases.wrap(MoEInputs, "copy", "copy inputs")
-    phases.wrap(Nvml, "read", "nvml")
-    phases.wrap(torch.cuda, "empty_cache", "empty_cache")
-    for impl in registry.values():
-        phases.wrap(impl, "prepare", "prepare")
+    wrapped = [(runpoint, "make_inputs", "inputs"), (runpoint, "_gate", "gate"), (runpoint, "measure", "timer"),
+               (runpoint, "run_point", "run_point"), (MoEInputs, "copy", "copy inputs"), (Nvml, "read", "nvml"),
+               (torch.cuda, "empty_cache", "empty_cache")]
+    wrapped += [(impl, "prepare", "prepare") for impl in registry.values()]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
+    for owner, name, label in wrapped:
+        phases.wrap(owner, name, label)
     try:
         yield
     finally:

@@ -116,14 +116,18 @@ class _Draws:
             self._kept.move_to_end(key)
             return self._kept[key]
         drawn = _draw(*key)
-        size = sum(t.numel() * t.element_size() for t in drawn)
+        size = _nbytes(drawn)
         if size <= self.limit:
             while self.bytes + size > self.limit:
                 _, old = self._kept.popitem(last=False)
-                self.bytes -= sum(t.numel() * t.element_size() for t in old)
+                self.bytes -= _nbytes(old)
             self._kept[key] = drawn
             self.bytes += size
         return drawn
+
+
+def _nbytes(tensors: tuple[torch.Tensor, ...]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 _DRAWS = _Draws(DRAWS_CACHE_BYTES)

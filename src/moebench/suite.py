@@ -99,6 +99,8 @@ DEFAULT_COLD_MODELS = ("mistralai/Mixtral-8x7B-Instruct-v0.1", "deepseek-ai/Deep
 ALL = "all"  # MOEBENCH_COLD_MODELS: every model
 
 ISOLATE = {"auto": None, "on": True, "off": False}  # MOEBENCH_ISOLATE -> SuiteConfig.isolate
+
+
 def _split(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = env.get(name, "").strip()
     if not raw:
